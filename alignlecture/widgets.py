@@ -1,0 +1,66 @@
+"""Interactive figures with a static fallback: a slider that redraws a plot, and the same plot as a grid.
+
+Widgets render in Jupyter, Colab and (from saved widget state, with a CDN) in the HTML book; offline or in
+a PDF they show nothing, so every chapter also draws the static grid produced by :func:`panel_grid`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+
+def slider_figure(
+    draw: Callable[[object, float], None],
+    values: Sequence[float],
+    *,
+    value: float | None = None,
+    description: str = "value",
+    figsize: tuple[float, float] = (5.0, 3.2),
+):
+    """An ipywidgets slider over ``values``; moving it calls ``draw(ax, value)`` on a fresh axis."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    values = list(values)
+    if not values:
+        raise ValueError("values is empty; give the slider at least one value")
+    start = values[len(values) // 2] if value is None else value
+    if start not in values:
+        raise ValueError(f"value {start!r} is not one of the slider values {values}")
+    slider = widgets.SelectionSlider(options=values, value=start, description=description, continuous_update=False)
+    out = widgets.Output()
+
+    def redraw(change=None):
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=figsize)
+            draw(ax, slider.value)
+            fig.tight_layout()
+            plt.show()
+
+    slider.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([slider, out])
+
+
+def panel_grid(
+    draw: Callable[[object, float], None],
+    values: Sequence[float],
+    *,
+    label: str = "value",
+    panel_size: tuple[float, float] = (3.0, 2.6),
+):
+    """The static fallback: ``draw(ax, v)`` for each v side by side, each panel titled ``label = v``."""
+    import matplotlib.pyplot as plt
+
+    values = list(values)
+    if not values:
+        raise ValueError("values is empty; give at least one panel value")
+    fig, axes = plt.subplots(
+        1, len(values), figsize=(panel_size[0] * len(values), panel_size[1]), sharey=True, squeeze=False
+    )
+    for ax, v in zip(axes[0], values):
+        draw(ax, v)
+        ax.set_title(f"{label} = {v:g}")
+    fig.tight_layout()
+    return fig

