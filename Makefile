@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 book: $(STAMP)
 	$(RUN_ENV) $(PY) tools/check_notebooks.py $(NOTEBOOKS)
-	rm -rf _build/html
+	rm -rf _build  # a full build every time: cached documents would hide their warnings
 	$(RUN_ENV) $(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
 	@echo "book: open _build/html/index.html"
 

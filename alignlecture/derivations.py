@@ -16,6 +16,22 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 
+class sigma(sp.Function):
+    """The logistic function σ(x) = 1 / (1 + e^{−x}); prints as σ, rewrites to exp for verification."""
+
+    def fdiff(self, argindex=1):
+        s = sigma(self.args[0])
+        return s * (1 - s)
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return 1 / (1 + sp.exp(-x))
+
+    def _latex(self, printer, exp=None):
+        arg = printer._print(self.args[0])
+        base = rf"\sigma\left({arg}\right)"
+        return rf"{base}^{{{exp}}}" if exp else base
+
+
 class DerivationError(AssertionError):
     """A step of a derivation does not follow from the previous one."""
 
@@ -24,11 +40,14 @@ def _is_zero(expr: sp.Expr) -> bool:
     """True when sympy can show ``expr`` is identically 0 (several rewrites are tried)."""
     if expr == 0:
         return True
+    expr = expr.rewrite(sp.exp) if expr.has(sigma) else expr
     attempts = (
         sp.simplify,
-        lambda e: sp.simplify(sp.expand_log(e, force=True)),
-        lambda e: sp.simplify(sp.powsimp(sp.expand(sp.expand_log(e, force=True)), force=True)),
-        lambda e: sp.simplify(sp.logcombine(e, force=True)),
+        # no force=True anywhere: a rewrite must respect the symbols' assumptions (log(x**2) ≠ 2 log x
+        # for a real x), so declare symbols positive where the lecture's quantities are positive
+        lambda e: sp.simplify(sp.expand_log(e)),
+        lambda e: sp.simplify(sp.powsimp(sp.expand(sp.expand_log(e)))),
+        lambda e: sp.simplify(sp.logcombine(e)),
         lambda e: sp.simplify(e.rewrite(sp.exp)),
     )
     for attempt in attempts:

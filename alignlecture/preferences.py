@@ -25,8 +25,12 @@ def bt_probability(r1, r2, scale: float = 1.0) -> torch.Tensor:
     scale = _check_scale(scale)
     r1 = torch.as_tensor(r1, dtype=torch.float64)
     r2 = torch.as_tensor(r2, dtype=torch.float64)
-    if r1.shape != r2.shape:
-        raise ValueError(f"r1 and r2 must have the same shape; got {tuple(r1.shape)} and {tuple(r2.shape)}")
+    try:
+        torch.broadcast_shapes(r1.shape, r2.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"r1 and r2 must have the same (or broadcastable) shapes; got {tuple(r1.shape)} and {tuple(r2.shape)}"
+        ) from None
     if not bool(torch.isfinite(r1).all() and torch.isfinite(r2).all()):
         raise ValueError("rewards must be finite; got NaN or inf")
     return torch.sigmoid(scale * (r1 - r2))
@@ -142,7 +146,7 @@ def wilson_interval(successes: torch.Tensor, n: torch.Tensor, z: float = 1.96):
     denom = 1 + z**2 / n.clamp(min=1)
     centre = (p + z**2 / (2 * n.clamp(min=1))) / denom
     half = z * torch.sqrt(p * (1 - p) / n.clamp(min=1) + z**2 / (4 * n.clamp(min=1) ** 2)) / denom
-    return centre - half, centre + half
+    return (centre - half).clamp(0.0, 1.0), (centre + half).clamp(0.0, 1.0)  # exact 0/1 despite rounding
 
 
 def label_agreement(abs_gap: torch.Tensor, agrees: torch.Tensor, edges: torch.Tensor) -> AgreementBins:

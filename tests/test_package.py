@@ -1,0 +1,112 @@
+"""Tests for the alignlecture package itself: device and profile selection, settings, lazy submodules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import alignlecture
+
+
+def _no_mps(monkeypatch):
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None:
+        monkeypatch.setattr(mps, "is_available", lambda: False)
+
+
+def test_device_is_a_torch_device_matching_the_hardware():
+    dev = alignlecture.device()
+    assert isinstance(dev, torch.device)
+    if torch.cuda.is_available():
+        assert dev.type == "cuda"
+    else:
+        mps = getattr(torch.backends, "mps", None)
+        assert dev.type == ("mps" if mps is not None and mps.is_available() else "cpu")
+
+
+def test_device_is_cpu_without_an_accelerator(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _no_mps(monkeypatch)
+    assert alignlecture.device() == torch.device("cpu")
+
+
+def test_device_prefers_cuda_when_available(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert alignlecture.device() == torch.device("cuda")
+
+
+def test_profile_follows_the_hardware_when_not_forced(monkeypatch):
+    monkeypatch.delenv("ALIGNLECTURE_PROFILE", raising=False)
+    assert alignlecture.profile() == ("gpu" if alignlecture.device().type == "cuda" else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _no_mps(monkeypatch)
+    assert alignlecture.profile() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert alignlecture.profile() == "gpu"
+
+
+@pytest.mark.parametrize("value, expected", [("gpu", "gpu"), (" GPU ", "gpu"), ("cpu", "cpu"), ("", "cpu")])
+def test_profile_honours_the_environment_override(monkeypatch, value, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _no_mps(monkeypatch)
+    monkeypatch.setenv("ALIGNLECTURE_PROFILE", value)
+    assert alignlecture.profile() == expected
+
+
+def test_profile_rejects_an_unknown_override_naming_the_allowed_values(monkeypatch):
+    monkeypatch.setenv("ALIGNLECTURE_PROFILE", "banana")
+    with pytest.raises(ValueError, match=r"ALIGNLECTURE_PROFILE must be one of \('cpu', 'gpu'\); got 'banana'"):
+        alignlecture.profile()
+
+
+def test_settings_follow_the_profile(monkeypatch):
+    monkeypatch.setenv("ALIGNLECTURE_PROFILE", "gpu")
+    assert alignlecture.settings().profile == "gpu"
+    cpu = alignlecture.settings("cpu")
+    assert cpu.profile == "cpu" and cpu.model == "smollm2-135m-instruct"
+    assert cpu.num_prompts <= alignlecture.settings("gpu").num_prompts
+
+
+def test_settings_reject_an_unknown_profile():
+    with pytest.raises(ValueError, match=r"unknown profile 'tpu'; choose one of \('cpu', 'gpu'\)"):
+        alignlecture.settings("tpu")
+
+
+def test_submodules_are_reachable_as_attributes():
+    toy = alignlecture.toy
+    assert toy.__name__ == "alignlecture.toy"
+    assert hasattr(toy, "ToyWorld")
+    for name in ("derivations", "logprobs", "preferences", "prompts", "rewards", "models"):
+        assert getattr(alignlecture, name).__name__ == f"alignlecture.{name}"
+
+
+def test_unknown_attribute_raises_attribute_error():
+    with pytest.raises(AttributeError, match="module 'alignlecture' has no attribute 'banana'"):
+        alignlecture.banana  # noqa: B018
+    assert not hasattr(alignlecture, "banana")
+
+
+def _run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout.strip()
+
+
+def test_importing_the_package_does_not_import_sympy_or_transformers():
+    code = "import alignlecture, sys; print('sympy' in sys.modules, 'transformers' in sys.modules)"
+    assert _run(code) == "False False"
+
+
+def test_submodule_is_imported_lazily_on_first_attribute_access():
+    code = (
+        "import alignlecture, sys; before = 'alignlecture.toy' in sys.modules; "
+        "w = alignlecture.toy.ToyWorld(3, 2); print(before, 'alignlecture.toy' in sys.modules, w.num_responses)"
+    )
+    assert _run(code) == "False True 7"
+
+
+def test_version_and_all_are_declared():
+    assert isinstance(alignlecture.__version__, str) and alignlecture.__version__.count(".") == 2
+    assert {"device", "profile", "settings", "toy", "logprobs"} <= set(alignlecture.__all__)
