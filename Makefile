@@ -14,7 +14,7 @@ STAMP := $(VENV)/.alignlecture-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 # Runs never touch the network; stored outputs come from the wheel's offline model on the CPU profile.
 RUN_ENV := ALIGNLECTURE_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ALIGNLECTURE_PROFILE=cpu \
-	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0 MPLBACKEND=Agg
+	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
 
 .PHONY: book test unit nbval notebooks bench gpu-check setup clean
 

@@ -45,6 +45,20 @@ def check_masks(input_ids: torch.Tensor, attention_mask: torch.Tensor, completio
         raise ValueError(f"rows {empty} have an empty completion (no token with completion_mask 1); drop them")
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count only real tokens, so left- and right-padded rows get the same positions."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> CompletionLogprobs:
+    """Per-token log π(x_t | x_<t) from next-token logits [B, S, vocab] (position t predicted at t − 1)."""
+    logits = logits[:, :-1].float()  # [B, S-1, vocab]
+    targets = input_ids[:, 1:]
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [B, S-1]
+    per_token = torch.nn.functional.pad(picked, (1, 0)) * completion_mask.to(picked.dtype)  # [B, S]
+    return CompletionLogprobs(per_token=per_token, per_sequence=per_token.sum(dim=1))
+
+
 def completion_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -53,16 +67,13 @@ def completion_logprobs(
 ) -> CompletionLogprobs:
     """log π(y_t | x, y_<t) per completion token and log π(y | x) = their sum, from one forward pass."""
     check_masks(input_ids, attention_mask, completion_mask)
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # left padding keeps positions right
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, :-1].float()  # [B, S-1, vocab]: the prediction for position t comes from t − 1
-    targets = input_ids[:, 1:]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [B, S-1]
-    per_token = torch.nn.functional.pad(picked, (1, 0)) * completion_mask.to(picked.dtype)  # [B, S]
-    return CompletionLogprobs(per_token=per_token, per_sequence=per_token.sum(dim=1))
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    ).logits
+    return logprobs_from_logits(logits, input_ids, completion_mask)
 
 
-def encode_pairs(
+def tokenize_pairs(
     policy,
     prompts: Sequence[str],
     completions: Sequence[str],
@@ -70,8 +81,8 @@ def encode_pairs(
     chat: bool = True,
     add_eos: bool = False,
     max_length: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Tokenise prompt and completion separately, concatenate, right-pad: input_ids, attention_mask, completion_mask.
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Token rows (prompt then completion, tokenised separately) and their completion masks, unpadded.
 
     Tokenising the two parts separately makes the completion boundary exact. ``max_length`` truncates the
     completion (never the prompt); a completion left with no token is an error.
@@ -92,14 +103,29 @@ def encode_pairs(
         if max_length is not None:
             if len(p_ids) >= max_length:
                 raise ValueError(
-                    f"pair {i}: the prompt alone has {len(p_ids)} tokens ≥ max_length={max_length}; raise max_length"
+                    f"pair {i}: the prompt alone has {len(p_ids)} tokens ≥ max_length={max_length}, so its "
+                    "completion would be empty after truncation; raise max_length or shorten the prompt"
                 )
             c_ids = c_ids[: max_length - len(p_ids)]
         if not c_ids:
             raise ValueError(f"pair {i}: the completion {completion!r} has no tokens to score")
         rows.append(p_ids + c_ids)
         masks.append([0] * len(p_ids) + [1] * len(c_ids))
-    return _pad(rows, masks, tok.pad_token_id)
+    return rows, masks
+
+
+def encode_pairs(
+    policy,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    chat: bool = True,
+    add_eos: bool = False,
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Tokenise prompt and completion separately, concatenate, right-pad: input_ids, attention_mask, completion_mask."""
+    rows, masks = tokenize_pairs(policy, prompts, completions, chat=chat, add_eos=add_eos, max_length=max_length)
+    return pad_rows(rows, masks, policy.tokenizer.pad_token_id)
 
 
 def encode_ids(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_token_id: int):
@@ -108,10 +134,11 @@ def encode_ids(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Seq
         raise ValueError(f"got {len(prompt_ids)} prompts but {len(completion_ids)} completions")
     rows = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
     masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompt_ids, completion_ids)]
-    return _pad(rows, masks, pad_token_id)
+    return pad_rows(rows, masks, pad_token_id)
 
 
-def _pad(rows, masks, pad_token_id) -> dict[str, torch.Tensor]:
+def pad_rows(rows, masks, pad_token_id) -> dict[str, torch.Tensor]:
+    """Right-pad token rows and completion masks into input_ids, attention_mask, completion_mask [B, S]."""
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), int(pad_token_id), dtype=torch.long)
     attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
