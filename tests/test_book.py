@@ -1,0 +1,243 @@
+"""Tests for the book: table of contents, install cells, notebook checks, citations, stored outputs, the build."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+import alignlecture
+from alignlecture._book import install_cell
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+BOOK_MD = sorted((ROOT / "book").glob("*.md"))
+CHECKER = ROOT / "tools" / "check_notebooks.py"
+PYTHON = sys.executable  # the venv's python when the suite runs as documented
+IMAGE_OR_WIDGET = ("application/vnd.jupyter.widget-view+json", "image/png", "image/jpeg", "image/svg+xml", "image/gif")
+CITE = re.compile(r"\{(?:foot)?cite(?::[a-z]+)?\}`([^`]*)`")
+HEX_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{4,}")
+
+
+def _read(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def _code_cells(path: Path):
+    return [c for c in _read(path).cells if c.cell_type == "code"]
+
+
+def _toc_files(node) -> list[str]:
+    found = []
+    if isinstance(node, dict):
+        if "file" in node:
+            found.append(node["file"])
+        if "root" in node:
+            found.append(node["root"])
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                found += _toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _toc_files(item)
+    return found
+
+
+def _resolve(entry: str) -> list[Path]:
+    return [p for p in (ROOT / f"{entry}.ipynb", ROOT / f"{entry}.md") if p.is_file()]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
+
+
+# ---------------------------------------------------------------------------------------------- table of contents
+def test_toc_lists_only_existing_files():
+    entries = _toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
+    assert entries
+    missing = [e for e in entries if not _resolve(e)]
+    assert missing == []
+
+
+def test_toc_lists_every_notebook():
+    entries = _toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
+    listed = {p for e in entries for p in _resolve(e)}
+    assert [nb for nb in NOTEBOOKS if nb not in listed] == []
+
+
+# ---------------------------------------------------------------------------------------------- install cell
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_code_cell_is_the_generated_install_cell(path):
+    assert _code_cells(path)[0].source == install_cell()
+
+
+def test_install_cell_installs_this_version_from_the_configured_repository():
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    assert f'"alignlecture @ git+{url}@v{alignlecture.__version__}"' in install_cell()
+    assert 'if "google.colab" in sys.modules:' in install_cell()
+
+
+# ---------------------------------------------------------------------------------------------- check_notebooks.py
+def _check(*paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, str(CHECKER), *map(str, paths)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def test_check_notebooks_accepts_the_committed_notebooks():
+    result = _check(*NOTEBOOKS)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_check_notebooks_without_arguments_is_a_usage_error():
+    result = _check()
+    assert result.returncode == 2
+    assert "no notebooks given" in result.stderr
+
+
+def _broken_copy(tmp_path: Path, break_it) -> Path:
+    nb = _read(NOTEBOOKS[-1])
+    break_it([c for c in nb.cells if c.cell_type == "code"])
+    out = tmp_path / NOTEBOOKS[-1].name
+    nbformat.write(nb, out)
+    return out
+
+
+def _inject_error(code):
+    code[2].outputs.append(
+        nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])
+    )
+
+
+def _change_first_cell(code):
+    code[0].source = code[0].source.replace("@v", "@vOLD")
+
+
+def _unexecute(code):
+    code[2].execution_count = None
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (_inject_error, r"code cell 2 stores an error: ZeroDivisionError: division by zero"),
+        (_change_first_cell, r"first code cell is not the generated Colab install cell"),
+        (_unexecute, r"code cell 2 was never executed"),
+    ],
+    ids=["error-output", "changed-install-cell", "unexecuted-cell"],
+)
+def test_check_notebooks_reports_a_broken_notebook(tmp_path, break_it, message):
+    result = _check(_broken_copy(tmp_path, break_it))
+    assert result.returncode == 1
+    assert re.search(message, result.stderr), result.stderr
+
+
+def test_check_notebooks_accepts_an_unbroken_copy(tmp_path):
+    result = _check(_broken_copy(tmp_path, lambda code: None))
+    assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- citations
+def _bib_keys() -> set[str]:
+    from pybtex.database import parse_file
+
+    return set(parse_file(str(ROOT / "book" / "references.bib"), bib_format="bibtex").entries.keys())
+
+
+def _cited_keys() -> dict[str, set[str]]:
+    texts = {p.name: p.read_text() for p in BOOK_MD}
+    for path in NOTEBOOKS:
+        texts[path.name] = "\n".join(c.source for c in _read(path).cells if c.cell_type == "markdown")
+    return {
+        name: {key.strip() for group in CITE.findall(text) for key in group.split(",") if key.strip()}
+        for name, text in texts.items()
+    }
+
+
+def test_citation_regex_reads_comma_separated_keys():
+    text = "see {cite}`a2020, b2021` and {footcite}`c2022` and {cite:p}`d2023`"
+    assert {k.strip() for g in CITE.findall(text) for k in g.split(",")} == {"a2020", "b2021", "c2022", "d2023"}
+
+
+def test_every_cited_key_is_in_the_bibliography():
+    cited = _cited_keys()
+    assert "bradley1952rank" in set().union(*cited.values())
+    keys = _bib_keys()
+    missing = {name: sorted(used - keys) for name, used in cited.items() if used - keys}
+    assert missing == {}
+
+
+# ---------------------------------------------------------------------------------------------- stored outputs
+def _ignores_output(cell) -> bool:
+    tags = cell.get("metadata", {}).get("tags", [])
+    return "NBVAL_IGNORE_OUTPUT" in cell.source or "nbval-ignore-output" in tags
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_ignored_outputs_are_only_widgets_or_images(path):
+    for i, cell in enumerate(_code_cells(path)):
+        if not _ignores_output(cell):
+            continue
+        assert cell.outputs, f"code cell {i} ignores an output it does not have"
+        for out in cell.outputs:
+            kinds = set(out.get("data", {}))
+            assert kinds & set(IMAGE_OR_WIDGET), f"code cell {i} ignores a {out.output_type} output {sorted(kinds)}"
+
+
+def _texts(out) -> list[str]:
+    if out.output_type == "stream":
+        return [out.text]
+    if out.output_type == "error":
+        return [out.evalue, *out.traceback]
+    data = out.get("data", {})
+    return [v if isinstance(v, str) else json.dumps(v) for k, v in data.items() if k.startswith("text/")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_outputs_hold_no_memory_addresses(path):
+    found = [
+        (i, m)
+        for i, cell in enumerate(_code_cells(path))
+        for out in cell.outputs
+        for text in _texts(out)
+        for m in HEX_ADDRESS.findall(text)
+    ]
+    assert found == []
+
+
+def test_memory_address_pattern_matches_a_repr():
+    assert HEX_ADDRESS.search(repr(object()))
+
+
+# ---------------------------------------------------------------------------------------------- the build
+@pytest.mark.slow
+def test_book_builds_without_warnings_with_footnotes_and_mathjax(tmp_path):
+    env = dict(os.environ, ALIGNLECTURE_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    jupyter_book = Path(PYTHON).with_name("jupyter-book")
+    result = subprocess.run(
+        [str(jupyter_book), "build", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going",
+         "--path-output", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    page = (tmp_path / "_build" / "html" / "notebooks" / "01_preliminaries.html").read_text()
+    # {footcite} renders a footnote holding the reference, linked from the text
+    assert 'id="footcite-bradley1952rank"' in page
+    assert 'href="#footcite-bradley1952rank"' in page
+    assert "Rank analysis of incomplete block designs" in page
+    # sympy's text/latex outputs render as MathJax, not as PNG
+    latex_outputs = sum(
+        "text/latex" in out.get("data", {}) for c in _code_cells(ROOT / "notebooks" / "01_preliminaries.ipynb")
+        for out in c.outputs
+    )  # fmt: skip
+    assert latex_outputs > 0
+    assert page.count('class="output text_latex math') == latex_outputs
+    assert "\\begin{aligned}" in page
