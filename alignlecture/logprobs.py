@@ -8,6 +8,7 @@ log π(y | x) = Σ_t log π(y_t | x, y_<t).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,11 +52,40 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> CompletionLogprobs:
-    """Per-token log π(x_t | x_<t) from next-token logits [B, S, vocab] (position t predicted at t − 1)."""
-    logits = logits[:, :-1].float()  # [B, S-1, vocab]
-    targets = input_ids[:, 1:]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [B, S-1]
-    per_token = torch.nn.functional.pad(picked, (1, 0)) * completion_mask.to(picked.dtype)  # [B, S]
+    """Per-token log π(x_t | x_<t) from next-token logits of the LAST S′ ≤ S positions, [B, S′, vocab]."""
+    start = input_ids.shape[1] - logits.shape[1]  # logits[:, j] is the prediction made at position start + j
+    logits = logits[:, :-1].float()  # [B, S′-1, vocab]: predictions for positions start+1 … S-1
+    targets = input_ids[:, start + 1 :]
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    per_token = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)
+    per_token[:, start + 1 :] = picked * completion_mask[:, start + 1 :].to(picked.dtype)  # [B, S]
+    return CompletionLogprobs(per_token=per_token, per_sequence=per_token.sum(dim=1))
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether a (possibly wrapped) Hugging Face model's forward takes ``logits_to_keep``."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def logprobs_from_hidden(
+    hidden: torch.Tensor, lm_head: torch.nn.Module, input_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> CompletionLogprobs:
+    """The same log-probs from final hidden states [B, S, D], projecting only the positions that are scored.
+
+    Only the positions t − 1 whose next token t is a completion token go through ``lm_head`` — for a
+    49k-token vocabulary that is most of the compute, so this is what makes training on a CPU affordable.
+    """
+    predicts = completion_mask[:, 1:].bool()  # [B, S-1]: position t-1 predicts a completion token at t
+    logits = lm_head(hidden[:, :-1][predicts]).float()  # [M, vocab]
+    targets = input_ids[:, 1:][predicts]
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [M]
+    per_token = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)
+    per_token[:, 1:][predicts] = picked
     return CompletionLogprobs(per_token=per_token, per_sequence=per_token.sum(dim=1))
 
 
@@ -67,8 +97,14 @@ def completion_logprobs(
 ) -> CompletionLogprobs:
     """log π(y_t | x, y_<t) per completion token and log π(y | x) = their sum, from one forward pass."""
     check_masks(input_ids, attention_mask, completion_mask)
+    kwargs = {}
+    if _accepts_logits_to_keep(model):
+        # project only from the first position that predicts a completion token: the prompt part of a
+        # batch never goes through the (vocabulary-sized) LM head
+        first = int(completion_mask.long().argmax(dim=1).min()) - 1
+        kwargs["logits_to_keep"] = input_ids.shape[1] - first
     logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), **kwargs
     ).logits
     return logprobs_from_logits(logits, input_ids, completion_mask)
 

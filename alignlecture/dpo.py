@@ -1,0 +1,89 @@
+"""Direct Preference Optimization: the loss of the lecture and its common variants, in a few visible lines.
+
+With summed completion log-probs, the implicit reward of a response is r̂(x, y) = β·(log π(y|x) − log π_ref(y|x))
+and DPO minimises −log σ(r̂(x, y_w) − r̂(x, y_l)) (lecture §DPO, policy learning; Rafailov et al. 2023).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+def check_dpo_args(beta: float, loss_type: str, label_smoothing: float) -> None:
+    """β > 0 and finite, a known loss type, label smoothing ε ∈ [0, 0.5)."""
+    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a positive finite number (the KL coefficient); got {beta!r}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+    if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 0.5):
+        raise ValueError(
+            f"label_smoothing must be in [0, 0.5) (the probability a label is flipped); got {label_smoothing!r}"
+        )
+    if label_smoothing and loss_type not in ("sigmoid", "robust"):
+        raise ValueError(f"label_smoothing applies to the 'sigmoid' and 'robust' losses, not {loss_type!r}")
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair DPO losses and the implicit rewards β(log π − log π_ref) of chosen and rejected, each [batch].
+
+    With h = (log π_w − log π_ref,w) − (log π_l − log π_ref,l) and ε = label_smoothing:
+      sigmoid  −(1−ε)·log σ(βh) − ε·log σ(−βh)        DPO (Rafailov et al. 2023); ε > 0 is cDPO
+      ipo      (h − 1/(2β))²                          IPO (Azar et al. 2024) — pass per-token AVERAGED log-probs
+      hinge    max(0, 1 − βh)                          SLiC-style hinge (Zhao et al. 2023)
+      robust   [−(1−ε)·log σ(βh) + ε·log σ(−βh)]/(1−2ε) unbiased under flipped labels (Chowdhury et al. 2024)
+    """
+    check_dpo_args(beta, loss_type, label_smoothing)
+    logps = (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    shape = policy_chosen_logps.shape
+    if len(shape) != 1 or any(t.shape != shape for t in logps):
+        raise ValueError(
+            "the four log-prob tensors must be 1-D with one entry per pair; got shapes "
+            f"{[tuple(t.shape) for t in logps]}"
+        )
+    if shape[0] == 0:
+        raise ValueError("empty batch: DPO needs at least one (chosen, rejected) pair")
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    h = chosen_logratios - rejected_logratios
+    eps = label_smoothing
+    if loss_type == "sigmoid":
+        losses = -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * h)
+    else:  # robust
+        losses = (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
+    chosen_rewards = beta * chosen_logratios.detach()
+    rejected_rewards = beta * rejected_logratios.detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def dpo_metrics(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+) -> dict[str, float]:
+    """Batch means under the names TRL logs: rewards/*, logps/* (summed log-probs; accuracies use a strict >)."""
+    return {
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "logps/chosen": policy_chosen_logps.detach().mean().item(),
+        "logps/rejected": policy_rejected_logps.detach().mean().item(),
+    }
