@@ -16,14 +16,18 @@ PROFILES = ("cpu", "gpu")
 
 _SUBMODULES = (
     "derivations",
+    "dpo",
     "logprobs",
     "models",
     "preferences",
+    "ppo",
     "prompts",
     "rewards",
     "toy",
+    "train",
     "widgets",
     "exercises",
+    "zoo",
 )
 
 

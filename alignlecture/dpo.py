@@ -87,3 +87,29 @@ def dpo_metrics(
         "logps/chosen": policy_chosen_logps.detach().mean().item(),
         "logps/rejected": policy_rejected_logps.detach().mean().item(),
     }
+
+
+def tabular_dpo(world, pi_ref, rewards: torch.Tensor, beta: float, *, scale: float = 1.0, steps: int = 500,
+                learning_rate: float = 0.05):
+    """DPO on a toy world with exact preferences: minimise the population DPO loss over every pair.
+
+    Pairs (y1, y2) are weighted by π_ref(y1)·π_ref(y2) and labelled with the exact Bradley–Terry probability
+    σ(scale·(r1 − r2)); the implicit reward is β·log π_θ/π_ref. Returns (policy, losses).
+    """
+    from .preferences import expected_bt_loss
+    from .toy import check_beta
+
+    check_beta(beta)
+    rewards = world.check_values(rewards, "rewards")
+    probs_ref, logp_ref = pi_ref.probs(), pi_ref.sequence_logprobs()
+    table = torch.nn.Parameter(pi_ref.log_table.clone())
+    opt = torch.optim.Adam([table], lr=learning_rate)
+    losses = []
+    for _ in range(steps):
+        logp = world.policy_sequence_logprobs(torch.log_softmax(table, dim=-1))
+        loss = expected_bt_loss(probs_ref, rewards, beta * (logp - logp_ref), scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return world.policy(torch.log_softmax(table.detach(), dim=-1)), losses

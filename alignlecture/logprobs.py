@@ -207,3 +207,19 @@ def sequence_logprobs(
     if not out:
         raise ValueError("no prompt/completion pairs given")
     return torch.cat(out)
+
+
+@torch.no_grad()
+def generation_logprobs(policy, generations, *, chat: bool = True, batch_size: int = 16) -> torch.Tensor:
+    """log π(y | x) of the exact token ids a ``models.generate`` call sampled (no re-tokenisation), Tensor [n]."""
+    tok = policy.tokenizer
+    out = []
+    for start in range(0, len(generations.prompts), batch_size):
+        prompts = generations.prompts[start : start + batch_size]
+        completions = generations.completion_ids[start : start + batch_size]
+        if any(len(c) == 0 for c in completions):
+            raise ValueError("a generation has no completion tokens to score")
+        prompt_ids = [tok(policy.format_prompt(p, chat=chat), add_special_tokens=False)["input_ids"] for p in prompts]
+        batch = {k: v.to(policy.device) for k, v in encode_ids(prompt_ids, completions, tok.pad_token_id).items()}
+        out.append(completion_logprobs(policy.model, **batch).per_sequence.cpu())
+    return torch.cat(out)

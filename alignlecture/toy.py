@@ -200,6 +200,12 @@ class ToyWorld:
         gen = torch.Generator().manual_seed(int(seed))
         return (scale * torch.randn(self.num_responses, generator=gen, dtype=DTYPE)).to(self.device)
 
+    def policy_sequence_logprobs(self, log_table: torch.Tensor) -> torch.Tensor:
+        """log π(y) of every response for a raw [P, V] log table — differentiable, for training on the toy world."""
+        nodes, mask = self._encoded
+        per_token = log_table[nodes, self.responses]  # [N, T]
+        return torch.where(mask, per_token, torch.zeros_like(per_token)).sum(dim=1)
+
     def policy_from_sequence_logprobs(self, logp: torch.Tensor) -> "TabularPolicy":
         """The tabular policy whose response distribution is softmax(logp): π(a|s) = Z(s·a)/Z(s).
 

@@ -151,17 +151,17 @@ class DPOTrainer:
             max_length=self.config.max_length,
         )
         self.pad_id = policy.tokenizer.pad_token_id
+        if self.config.trainable_layers:
+            TopLayers(policy.model, self.config.trainable_layers)  # fail before any expensive work
 
     # ------------------------------------------------------------------ helpers
     def _batch(self, rows: list[int], device) -> dict[str, torch.Tensor]:
         enc = pad_rows([self.rows[i] for i in rows], [self.masks[i] for i in rows], self.pad_id)
         return {k: v.to(device) for k, v in enc.items()}
 
-    def _reduce(self, per_sequence: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
-        """Summed log-probs, or per-token averages for IPO."""
-        if self.config.loss_type == "ipo":
-            return per_sequence / completion_mask.sum(dim=1)
-        return per_sequence
+    def _loss_logps(self, summed: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """What the loss sees: summed log-probs, or per-token averages for IPO (metrics always use sums)."""
+        return summed / lengths if self.config.loss_type == "ipo" else summed
 
     @torch.no_grad()
     def _precompute(self, device) -> None:
@@ -170,7 +170,8 @@ class DPOTrainer:
         model = self.policy.model
         ref_model = self.ref_policy.model if self.ref_policy is not None else None
         n_rows = len(self.rows)
-        self.ref_logps = torch.zeros(n_rows, dtype=torch.float32)
+        self.ref_logps = torch.zeros(n_rows, dtype=torch.float32)  # summed over completion tokens
+        self.lengths = torch.tensor([sum(m) for m in self.masks], dtype=torch.float32)
         self.cache: list[torch.Tensor] = [None] * n_rows if k else []
         first = len(model.model.layers) - k if k else None
         # a response often appears in several pairs: run each distinct (prompt, completion) row once
@@ -190,7 +191,7 @@ class DPOTrainer:
                 lp = completion_logprobs(ref_model or model, b["input_ids"], b["attention_mask"], b["completion_mask"])
             else:
                 lp = logprobs_from_logits(out.logits, b["input_ids"], b["completion_mask"])
-            self.ref_logps[idx] = self._reduce(lp.per_sequence, b["completion_mask"]).float().cpu()
+            self.ref_logps[idx] = lp.per_sequence.float().cpu()
             if k:
                 hidden = out.hidden_states[first]  # input of block `first`
                 for j, i in enumerate(idx):
@@ -205,9 +206,9 @@ class DPOTrainer:
         cfg, model = self.config, self.policy.model
         self._saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
         if cfg.trainable_layers:
+            top = TopLayers(model, cfg.trainable_layers)  # validates the depth before anything is frozen
             for p in model.parameters():
                 p.requires_grad_(False)
-            top = TopLayers(model, cfg.trainable_layers)
             for p in list(top.layers.parameters()) + list(top.norm.parameters()):
                 p.requires_grad_(True)
             return top
@@ -224,8 +225,8 @@ class DPOTrainer:
             p.requires_grad_(True)
         return model
 
-    def _logps(self, module, rows: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy log-probs (summed, or averaged for IPO) of ``rows``, with gradient."""
+    def _logps(self, module, rows: list[int], device) -> torch.Tensor:
+        """Summed policy log-probs of ``rows``, with gradient."""
         b = self._batch(rows, device)
         if self.config.trainable_layers:
             width = b["input_ids"].shape[1]
@@ -236,7 +237,7 @@ class DPOTrainer:
             lp = logprobs_from_hidden(final, self.policy.model.lm_head, b["input_ids"], b["completion_mask"])
         else:
             lp = completion_logprobs(module, b["input_ids"], b["attention_mask"], b["completion_mask"])
-        return self._reduce(lp.per_sequence, b["completion_mask"]), b["completion_mask"]
+        return lp.per_sequence
 
     # ------------------------------------------------------------------ training
     def train(self) -> TrainResult:
@@ -275,7 +276,6 @@ class DPOTrainer:
                 f"{accelerator.num_processes} processes × {micro_per_step} accumulation steps; lower them"
             )
         history: list[dict] = []
-        last_good = self._snapshot(params)
         bar = tqdm(total=total, disable=not (cfg.progress and accelerator.is_main_process), desc="DPO")
         n = self.num_pairs
         micro, step, sums = 0, 0, []
@@ -284,24 +284,21 @@ class DPOTrainer:
             if step >= total:
                 break
             with accelerator.accumulate(module):
-                logps, _ = self._logps(module, list(pair_idx) + [i + n for i in pair_idx], device)
+                rows = list(pair_idx) + [i + n for i in pair_idx]
                 k = len(pair_idx)
-                ref = self.ref_logps[list(pair_idx) + [i + n for i in pair_idx]].to(device)
-                losses, cr, rr = dpo_loss(logps[:k], logps[k:], ref[:k], ref[k:], beta=cfg.beta,
-                                          loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+                logps = self._logps(module, rows, device)
+                ref, lengths = self.ref_logps[rows].to(device), self.lengths[rows].to(device)
+                lp, lr = self._loss_logps(logps, lengths), self._loss_logps(ref, lengths)
+                losses, _, _ = dpo_loss(lp[:k], lp[k:], lr[:k], lr[k:], beta=cfg.beta,
+                                        loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+                cr, rr = cfg.beta * (logps[:k] - ref[:k]).detach(), cfg.beta * (logps[k:] - ref[k:]).detach()
                 loss = losses.mean()
-                finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all()
-                if not bool(finite):
-                    self._restore(params, last_good)
-                    bar.close()
-                    raise TrainingDiverged(
-                        f"the DPO loss became {loss.item()} at optimizer step {step + 1}; the trainable weights were "
-                        f"restored to step {step} (the last finite loss). Lower learning_rate "
-                        f"(now {cfg.learning_rate}) or beta, or check the data for empty or extreme completions."
-                    )
+                self._check_finite(accelerator, loss.detach(), "loss", step, bar)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                if accelerator.sync_gradients:
+                    # the update is applied only if every gradient is finite: a diverging step never lands
+                    norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+                    self._check_finite(accelerator, torch.as_tensor(norm, device=device), "gradient norm", step, bar)
                 opt.step()
                 opt.zero_grad()
             sums.append({"loss": loss.item(), **dpo_metrics(cr, rr, logps[:k], logps[k:])})
@@ -312,7 +309,6 @@ class DPOTrainer:
                 row = {key: accelerator.reduce(torch.tensor(v, device=device), "mean").item() for key, v in row.items()}
                 history.append({"step": step, **row})
                 sums = []
-                last_good = self._snapshot(params)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 if cfg.checkpoint_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
@@ -325,15 +321,18 @@ class DPOTrainer:
         return TrainResult(policy=self.policy, history=history, config=cfg)
 
     # ------------------------------------------------------------------ state
-    @staticmethod
-    def _snapshot(params) -> list[torch.Tensor]:
-        return [p.detach().to("cpu", copy=True) for p in params]
-
-    @staticmethod
-    @torch.no_grad()
-    def _restore(params, snapshot) -> None:
-        for p, saved in zip(params, snapshot):
-            p.copy_(saved.to(p.device))
+    def _check_finite(self, accelerator, value: torch.Tensor, what: str, step: int, bar) -> None:
+        """Stop (on every process) before a NaN/inf loss or gradient can change the weights."""
+        finite = accelerator.gather(torch.isfinite(value).reshape(1)).all()
+        if bool(finite):
+            return
+        bar.close()
+        self._finish()
+        raise TrainingDiverged(
+            f"the DPO {what} became {value.item()} at optimizer step {step + 1}; that update was not applied, so "
+            f"the weights are restored to step {step} (the last good step). Lower learning_rate "
+            f"(now {self.config.learning_rate}) or beta, or check the data for empty or extreme completions."
+        )
 
     def _checkpoint(self, accelerator, module, step: int) -> None:
         """Trainable weights as safetensors, written atomically (temp file renamed into place)."""

@@ -1,0 +1,202 @@
+"""One DPO training step on SmolLM2-135M (fp32, full fine-tuning): our DPOTrainer against TRL's, in the same run.
+
+A step = forward of chosen + rejected, backward, gradient clipping to 1.0, AdamW step (both sides use
+torch.optim.AdamW: TRL with ``optim="adamw_torch"``). The same 4 (prompt, chosen, rejected) pairs from the
+course's prompt set form every step's batch; the token ids are checked to be identical on both sides.
+
+Timing (median over the steps after the first):
+- TRL: a TrainerCallback stamps on_step_begin and on_step_end.
+- ours: DPOTrainer.train() has no callback, so a subclass stamps the start of a step (its first ``_logps`` call)
+  and the end (the ``_snapshot`` of the last good weights that closes every step) — the whole step, including
+  our per-step snapshot. As a cross-check, train() is also timed end to end with max_steps = 2 and 7, and the
+  difference divided by 5 (that cancels the set-up: Accelerator, reference-log-prob precompute).
+TRL is timed twice: with its default per-step reference forward (a separate reference model), and with
+``precompute_ref_log_probs=True`` (reference log-probs computed once before training, as ours always are).
+
+Goal (issue): ours / TRL ≤ 0.8 per step.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ALIGNLECTURE_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+import torch  # noqa: E402
+
+from alignlecture.logprobs import encode_pairs  # noqa: E402
+from alignlecture.models import load_policy  # noqa: E402
+from alignlecture.prompts import prompt_set  # noqa: E402
+from alignlecture.train import DPOConfig, DPOTrainer  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+STEPS = 7  # the first is dropped: warm-up
+LR = 1e-6
+PROMPTS = prompt_set("train")[:4]
+# TRL tokenizes prompt + completion as one string: the leading space keeps both sides' token ids identical
+CHOSEN = [
+    " It is a calm and pleasant day.",
+    " Quiet, warm and full of small joys.",
+    " I think it is lovely and worth it.",
+    " A wonderful, friendly experience.",
+]
+REJECTED = [
+    " Bad.",
+    " Whatever, I do not care at all about it.",
+    " No.",
+    " It is terrible and I hate it.",
+]
+DATA = {"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED}
+
+
+def load():
+    return load_policy(MODEL, device="cpu", dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------- ours
+class TimedDPOTrainer(DPOTrainer):
+    """Our trainer with step stamps: a step starts at its _logps call and ends at the _snapshot that closes it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step_times: list[float] = []
+        self._started: float | None = None
+
+    def _logps(self, module, rows, device):
+        if self._started is None:
+            self._started = time.perf_counter()
+        return super()._logps(module, rows, device)
+
+    def _snapshot(self, params):  # noqa: D102  (a static method upstream; called as self._snapshot)
+        out = DPOTrainer._snapshot(params)
+        if self._started is not None:
+            self.step_times.append(time.perf_counter() - self._started)
+            self._started = None
+        return out
+
+
+def our_config(steps: int) -> DPOConfig:
+    return DPOConfig(
+        batch_size=4, learning_rate=LR, max_grad_norm=1.0, optimizer="adamw", weight_decay=0.0,
+        num_epochs=steps, max_steps=steps, chat=False, progress=False, seed=0,
+    )
+
+
+def run_ours_timed() -> tuple[list[float], list[dict]]:
+    policy = load()
+    trainer = TimedDPOTrainer(policy, DATA, our_config(STEPS))
+    result = trainer.train()
+    times, history = trainer.step_times, result.history
+    del policy, trainer, result
+    gc.collect()
+    return times, history
+
+
+def run_ours_wall(steps: int) -> float:
+    policy = load()
+    trainer = DPOTrainer(policy, DATA, our_config(steps))
+    start = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - start
+    del policy, trainer
+    gc.collect()
+    return elapsed
+
+
+# ---------------------------------------------------------------------------------------------- TRL
+def run_trl(precompute: bool) -> tuple[list[float], list[dict], bool]:
+    import datasets
+    import trl
+    from transformers import PrinterCallback, TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+            self._start = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self._start)
+
+    policy = load()
+    ref = None if precompute else load().model  # precompute: the untrained policy itself is the reference
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as out:
+        args = trl.DPOConfig(
+            output_dir=out, report_to="none", beta=0.1, loss_type="sigmoid", per_device_train_batch_size=4,
+            learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+            optim="adamw_torch", max_steps=STEPS, logging_steps=1, save_strategy="no", disable_tqdm=True,
+            bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, max_length=None,
+            disable_dropout=True, seed=0, dataloader_num_workers=0, precompute_ref_log_probs=precompute,
+        )
+        data = datasets.Dataset.from_dict({"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED})
+        trainer = trl.DPOTrainer(model=policy.model, ref_model=ref, args=args, train_dataset=data,
+                                 processing_class=policy.tokenizer, callbacks=[timer])
+        trainer.remove_callback(PrinterCallback)  # no per-step log dicts on stdout
+        collated = trainer.data_collator([trainer.train_dataset[i] for i in range(len(PROMPTS))])
+        ours = encode_pairs(policy, PROMPTS + PROMPTS, CHOSEN + REJECTED, chat=False, add_eos=True)
+        same_ids = all(torch.equal(collated[k], ours[k]) for k in ("input_ids", "attention_mask", "completion_mask"))
+        trainer.train()
+        history = [row for row in trainer.state.log_history if "loss" in row and "step" in row]
+    del policy, ref, trainer
+    gc.collect()
+    return timer.times, history, same_ids
+
+
+def median_after_first(times: list[float]) -> float:
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    threads = os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(int(threads) if threads else torch.get_num_threads())
+    print(f"model: {MODEL} fp32, full fine-tuning; batch: 4 pairs (8 rows); {STEPS} steps, median of the last "
+          f"{STEPS - 1}; AdamW lr {LR}, clip 1.0")
+    print(f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS={threads}); "
+          f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+
+    ours_times, ours_hist = run_ours_timed()
+    trl_times, trl_hist, same_ids = run_trl(precompute=False)
+    trl_pre_times, trl_pre_hist, same_ids_pre = run_trl(precompute=True)
+    wall2, wall7 = run_ours_wall(2), run_ours_wall(7)
+
+    ours = median_after_first(ours_times)
+    trl_default = median_after_first(trl_times)
+    trl_pre = median_after_first(trl_pre_times)
+    ours_diff = (wall7 - wall2) / 5
+    ms = lambda s: f"{s * 1e3:8.0f} ms"  # noqa: E731
+    steps = lambda ts: str([round(t * 1e3) for t in ts])  # noqa: E731
+    runs = (("ours", ours_hist), ("TRL", trl_hist), ("TRL precomputed", trl_pre_hist))
+    print(f"token ids identical (TRL collator vs encode_pairs)      : {same_ids and same_ids_pre}")
+    print(f"ours: each step (ms)                                    : {steps(ours_times)}")
+    print(f"TRL per-step reference: each step (ms)                  : {steps(trl_times)}")
+    print(f"TRL precomputed reference: each step (ms)               : {steps(trl_pre_times)}")
+    print(f"ours, per step (stamped, median)                        : {ms(ours)}")
+    print(f"ours, per step ((train(7) − train(2)) / 5, cross-check) : {ms(ours_diff)}")
+    print(f"TRL,  per step, reference forward every step (default)  : {ms(trl_default)}")
+    print(f"TRL,  per step, precompute_ref_log_probs=True           : {ms(trl_pre)}")
+    print(f"ratio ours / TRL default                                : {ours / trl_default:8.2f}")
+    print(f"ratio ours / TRL precomputed                            : {ours / trl_pre:8.2f}")
+    for key in ("loss", "logps/chosen", "logps/rejected"):
+        print(f"first step {key:15s}: " + " | ".join(f"{name} {h[0][key]:.6f}" for name, h in runs))
+    print("  (the first loss is ln 2 = 0.693147 on every side by construction: policy = reference at step 1)")
+    print(f"last step (step {STEPS}) loss    : " + " | ".join(f"{name} {h[-1]['loss']:.6f}" for name, h in runs))
+    agree = all(abs(ours_hist[0]["loss"] - h[0]["loss"]) < 1e-4 for h in (trl_hist, trl_pre_hist))
+    print(f"first-step losses agree (|Δ| < 1e-4)                    : {agree}")
+    goal = max(ours / trl_default, ours / trl_pre)
+    print(f"goal ours / TRL ≤ 0.8 (against both TRL set-ups)        : {'met' if goal <= 0.8 else 'NOT met'} "
+          f"(default {ours / trl_default:.2f}, precomputed {ours / trl_pre:.2f})")
+
+
+if __name__ == "__main__":
+    main()

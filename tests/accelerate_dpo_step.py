@@ -1,0 +1,80 @@
+"""One DPO optimizer step of alignlecture.train on a fixed 8-pair batch, for the multi-process test in test_train.py.
+
+Run it with plain ``python`` (1 process × 8 pairs) or under ``accelerate launch`` with 2 processes (2 × 4 pairs):
+the global batch is the same, so the first step's loss and the updated weights must be the same too.
+
+    python tests/accelerate_dpo_step.py OUT_DIR
+
+On the main process it writes OUT_DIR/result.json (first-step loss, number of processes, distributed type) and
+OUT_DIR/weights.safetensors (the policy's state dict after the step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ALIGNLECTURE_OFFLINE", "1")
+
+GLOBAL_BATCH = 8
+PROMPTS = [
+    "tell me about the movie", "describe the weather", "what do you think of this book", "write one sentence about tea",
+    "tell me about the dog", "describe the city", "what do you think of coffee", "write one sentence about music",
+]
+CHOSEN = [
+    "it was very good", "sun and nice weather", "i love it", "nice", "i love the dog", "great city", "coffee is good",
+    "music is happy",
+]
+REJECTED = [
+    "bad", "awful rain", "i hate this book", "terrible tea is bad", "the dog is bad", "sad city", "i hate coffee",
+    "music is awful",
+]
+
+
+def main(out_dir: str) -> None:
+    import torch
+    from accelerate import PartialState
+    from safetensors.torch import save_file
+
+    from alignlecture.models import tiny_policy
+    from alignlecture.train import DPOConfig, DPOTrainer
+
+    # the trainer's own Accelerator sets up the process group (reading ACCELERATE_USE_CPU); a PartialState made
+    # here first would be made without cpu=True and never join it, so size the batch from the launcher's WORLD_SIZE
+    num_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if GLOBAL_BATCH % num_processes:
+        raise SystemExit(f"{num_processes} processes do not divide the global batch of {GLOBAL_BATCH}")
+    policy = tiny_policy(seed=0, device="cpu")
+    reference = tiny_policy(seed=1, device="cpu")  # ≠ policy, so the first loss is not ln 2 by construction
+    config = DPOConfig(
+        batch_size=GLOBAL_BATCH // num_processes, optimizer="sgd", learning_rate=0.1, max_grad_norm=None,
+        max_steps=1, num_epochs=1, progress=False, chat=False, seed=0,
+    )
+    data = {"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED}
+    result = DPOTrainer(policy, data, config, ref_policy=reference).train()
+    state = PartialState()  # the state the trainer ran under
+    if state.num_processes != num_processes:
+        raise SystemExit(f"launched as {num_processes} processes but the trainer ran on {state.num_processes}")
+    if state.is_main_process:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().clone().contiguous() for k, v in result.policy.model.state_dict().items()}
+        save_file(weights, str(out / "weights.safetensors"))
+        (out / "result.json").write_text(json.dumps({
+            "loss": result.history[0]["loss"],
+            "steps": len(result.history),
+            "num_processes": num_processes,
+            "distributed_type": str(state.distributed_type),
+            "batch_size": config.batch_size,
+            "torch_threads": torch.get_num_threads(),
+        }))
+    state.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: accelerate_dpo_step.py OUT_DIR")
+    main(sys.argv[1])

@@ -1,0 +1,229 @@
+"""Tests for alignlecture.dpo: the DPO loss, its variants (cDPO, IPO, hinge, robust), implicit rewards and metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alignlecture.dpo import LOSS_TYPES, check_dpo_args, dpo_loss, dpo_metrics
+
+LN2 = math.log(2.0)
+PROPERTY = settings(max_examples=50, deadline=None)
+
+# four pairs of summed log-probs: policy chosen / rejected, reference chosen / rejected
+PC = torch.tensor([-10.0, -12.5, -3.0, -20.0], dtype=torch.float64)
+PR = torch.tensor([-11.0, -12.0, -7.5, -19.0], dtype=torch.float64)
+RC = torch.tensor([-10.5, -13.0, -4.0, -21.0], dtype=torch.float64)
+RR = torch.tensor([-10.0, -12.0, -6.0, -18.0], dtype=torch.float64)
+H = (PC - RC) - (PR - RR)  # the margin h of each pair
+
+
+def logsig(x: float) -> float:
+    """log σ(x), computed by hand (stable for both signs)."""
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+# ---------------------------------------------------------------------------------------------- sigmoid (DPO)
+def test_sigmoid_loss_is_ln2_when_policy_equals_reference():
+    losses, cr, rr = dpo_loss(PC, PR, PC.clone(), PR.clone(), beta=0.3)
+    torch.testing.assert_close(losses, torch.full_like(losses, LN2), rtol=0, atol=1e-12)
+    assert bool((cr == 0).all()) and bool((rr == 0).all())
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 5.0])
+def test_sigmoid_loss_equals_minus_log_sigmoid_of_beta_times_margin(beta):
+    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta)
+    expected = torch.tensor([-logsig(beta * h) for h in H.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(losses, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_sigmoid_loss_gradient_raises_chosen_and_lowers_rejected():
+    pc, pr = PC.clone().requires_grad_(True), PR.clone().requires_grad_(True)
+    losses, _, _ = dpo_loss(pc, pr, RC, RR, beta=0.5)
+    losses.sum().backward()
+    assert bool((pc.grad < 0).all()), pc.grad  # descent increases log π(chosen)
+    assert bool((pr.grad > 0).all()), pr.grad  # descent decreases log π(rejected)
+    # d/dπ_w of −log σ(βh) is −β σ(−βh), and the rejected gradient is its negative
+    torch.testing.assert_close(pc.grad, -0.5 * torch.sigmoid(-0.5 * H), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pr.grad, -pc.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3, 0.49])
+def test_label_smoothing_gives_conservative_dpo_formula(eps):
+    beta = 0.2
+    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta, label_smoothing=eps)
+    expected = torch.tensor(
+        [-(1 - eps) * logsig(beta * h) - eps * logsig(-beta * h) for h in H.tolist()], dtype=torch.float64
+    )
+    torch.testing.assert_close(losses, expected, rtol=1e-12, atol=1e-12)
+    plain, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta)
+    assert not torch.allclose(losses, plain)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.45])
+def test_label_smoothed_sigmoid_loss_is_still_ln2_at_zero_margin(eps):
+    losses, _, _ = dpo_loss(PC, PR, PC.clone(), PR.clone(), beta=0.1, label_smoothing=eps)
+    torch.testing.assert_close(losses, torch.full_like(losses, LN2), rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- variants
+def test_ipo_loss_equals_squared_distance_of_margin_to_half_inverse_beta():
+    beta = 0.25
+    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta, loss_type="ipo")
+    expected = torch.tensor([(h - 1 / (2 * beta)) ** 2 for h in H.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(losses, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_hinge_loss_equals_relu_of_one_minus_beta_margin():
+    beta = 0.5
+    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta, loss_type="hinge")
+    expected = torch.tensor([max(0.0, 1 - beta * h) for h in H.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(losses, expected, rtol=1e-12, atol=1e-12)
+    assert bool((losses == 0).any()) and bool((losses > 0).any())  # the data reach both sides of the hinge
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_robust_loss_matches_unbiased_formula(eps):
+    beta = 0.3
+    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta, loss_type="robust", label_smoothing=eps)
+    expected = torch.tensor(
+        [(-(1 - eps) * logsig(beta * h) + eps * logsig(-beta * h)) / (1 - 2 * eps) for h in H.tolist()],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(losses, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_robust_loss_without_smoothing_equals_sigmoid_loss():
+    robust, rc, rr = dpo_loss(PC, PR, RC, RR, beta=0.7, loss_type="robust", label_smoothing=0.0)
+    sigmoid, sc, sr = dpo_loss(PC, PR, RC, RR, beta=0.7, loss_type="sigmoid")
+    torch.testing.assert_close(robust, sigmoid, rtol=0, atol=0)
+    torch.testing.assert_close(rc, sc, rtol=0, atol=0)
+    torch.testing.assert_close(rr, sr, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_every_loss_type_returns_one_finite_loss_per_pair(loss_type):
+    losses, cr, rr = dpo_loss(PC.float(), PR.float(), RC.float(), RR.float(), beta=0.1, loss_type=loss_type)
+    assert losses.shape == cr.shape == rr.shape == (4,)
+    assert bool(torch.isfinite(losses).all())
+
+
+# ---------------------------------------------------------------------------------------------- rewards
+def test_rewards_are_beta_times_log_ratio_and_carry_no_gradient():
+    pc, pr = PC.clone().requires_grad_(True), PR.clone().requires_grad_(True)
+    _, cr, rr = dpo_loss(pc, pr, RC, RR, beta=0.2)
+    torch.testing.assert_close(cr, 0.2 * (PC - RC), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rr, 0.2 * (PR - RR), rtol=1e-12, atol=1e-12)
+    assert not cr.requires_grad and not rr.requires_grad
+    assert cr.grad_fn is None and rr.grad_fn is None
+
+
+def test_metrics_have_trl_names_and_batch_mean_values():
+    _, cr, rr = dpo_loss(PC, PR, RC, RR, beta=0.2)
+    m = dpo_metrics(cr, rr, PC, PR)
+    assert set(m) == {
+        "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected",
+    }
+    assert all(isinstance(v, float) for v in m.values())
+    assert m["rewards/chosen"] == pytest.approx(float((0.2 * (PC - RC)).mean()), abs=1e-12)
+    assert m["rewards/rejected"] == pytest.approx(float((0.2 * (PR - RR)).mean()), abs=1e-12)
+    assert m["rewards/margins"] == pytest.approx(float((0.2 * H).mean()), abs=1e-12)
+    assert m["rewards/accuracies"] == pytest.approx(float((H > 0).double().mean()), abs=1e-12)
+    assert m["logps/chosen"] == pytest.approx(float(PC.mean()), abs=1e-12)
+    assert m["logps/rejected"] == pytest.approx(float(PR.mean()), abs=1e-12)
+
+
+def test_reward_accuracy_uses_strict_inequality_so_ties_count_as_wrong():
+    chosen = torch.tensor([1.0, 0.5, -2.0, 0.0])
+    rejected = torch.tensor([0.0, 0.5, -1.0, 0.0])  # one win, two ties, one loss
+    m = dpo_metrics(chosen, rejected, chosen, rejected)
+    assert m["rewards/accuracies"] == 0.25
+
+
+def test_metrics_do_not_require_grad_on_log_probs():
+    pc = PC.clone().requires_grad_(True)
+    m = dpo_metrics(torch.zeros(4), torch.zeros(4), pc, PR)
+    assert m["logps/chosen"] == pytest.approx(float(PC.mean()))
+    assert m["rewards/accuracies"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- properties
+finite = st.floats(-50.0, 50.0, allow_nan=False, allow_infinity=False)
+
+
+@PROPERTY
+@given(pc=finite, pr=finite, rc=finite, rr=finite, d=st.floats(0.01, 20.0), beta=st.floats(0.01, 2.0))
+def test_sigmoid_loss_is_decreasing_in_the_margin(pc, pr, rc, rr, d, beta):
+    t = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
+    base, _, _ = dpo_loss(t(pc), t(pr), t(rc), t(rr), beta=beta)
+    wider, _, _ = dpo_loss(t(pc + d), t(pr), t(rc), t(rr), beta=beta)  # margin h grows by d
+    narrower, _, _ = dpo_loss(t(pc), t(pr + d), t(rc), t(rr), beta=beta)  # margin h shrinks by d
+    assert float(wider) <= float(base) <= float(narrower)
+    # strict while the loss is not saturated in float64
+    if 1e-12 < float(base) < 30:
+        assert float(wider) < float(base) < float(narrower)
+
+
+@PROPERTY
+@given(pc=finite, pr=finite, rc=finite, rr=finite, c=finite, which=st.sampled_from(["chosen", "rejected"]),
+       beta=st.floats(0.01, 2.0))
+def test_sigmoid_loss_is_invariant_to_a_constant_added_to_policy_and_reference_of_one_response(
+    pc, pr, rc, rr, c, which, beta
+):
+    t = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
+    base, bc, br = dpo_loss(t(pc), t(pr), t(rc), t(rr), beta=beta)
+    if which == "chosen":
+        shifted, sc, sr = dpo_loss(t(pc + c), t(pr), t(rc + c), t(rr), beta=beta)
+    else:
+        shifted, sc, sr = dpo_loss(t(pc), t(pr + c), t(rc), t(rr + c), beta=beta)
+    torch.testing.assert_close(shifted, base, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(sc, bc, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(sr, br, rtol=1e-9, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("beta", [0, 0.0, -0.1, float("nan"), float("inf"), "0.1", None])
+def test_beta_must_be_positive_finite_number(beta):
+    with pytest.raises(ValueError, match="beta must be a positive finite number"):
+        dpo_loss(PC, PR, RC, RR, beta=beta)
+    with pytest.raises(ValueError, match="beta must be a positive finite number"):
+        check_dpo_args(beta, "sigmoid", 0.0)
+
+
+@pytest.mark.parametrize("eps", [-0.1, 0.5, 0.7, float("nan")])
+def test_label_smoothing_must_lie_in_zero_to_half(eps):
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 0.5\)"):
+        dpo_loss(PC, PR, RC, RR, beta=0.1, label_smoothing=eps)
+
+
+@pytest.mark.parametrize("loss_type", ["hinge", "ipo"])
+def test_label_smoothing_is_refused_for_hinge_and_ipo(loss_type):
+    fragment = f"label_smoothing applies to the 'sigmoid' and 'robust' losses, not '{loss_type}'"
+    with pytest.raises(ValueError, match=fragment):
+        dpo_loss(PC, PR, RC, RR, beta=0.1, loss_type=loss_type, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "Sigmoid", ""])
+def test_unknown_loss_type_is_refused(loss_type):
+    with pytest.raises(ValueError, match="unknown loss_type"):
+        dpo_loss(PC, PR, RC, RR, beta=0.1, loss_type=loss_type)
+
+
+def test_mismatched_shapes_are_refused():
+    with pytest.raises(ValueError, match="must be 1-D with one entry per pair"):
+        dpo_loss(PC, PR[:3], RC, RR)
+
+
+def test_two_dimensional_log_probs_are_refused():
+    with pytest.raises(ValueError, match="must be 1-D with one entry per pair"):
+        dpo_loss(PC[None], PR[None], RC[None], RR[None])
+
+
+def test_empty_batch_is_refused():
+    e = torch.zeros(0)
+    with pytest.raises(ValueError, match="empty batch"):
+        dpo_loss(e, e, e, e)

@@ -1,0 +1,414 @@
+"""Tests for alignlecture.train: the DPO trainer (full, top-layer and LoRA training) on tiny random Llamas."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import alignlecture.train as train_mod
+from alignlecture.dpo import dpo_loss
+from alignlecture.logprobs import (
+    completion_logprobs,
+    encode_pairs,
+    logprobs_from_hidden,
+    position_ids_from_mask,
+)
+from alignlecture.models import tiny_policy
+from alignlecture.train import DPOConfig, DPOTrainer, TopLayers, TrainingDiverged
+
+ROOT = Path(__file__).resolve().parents[1]
+LN2 = math.log(2.0)
+
+PROMPTS = [
+    "tell me about the movie", "describe the weather", "what do you think of this book", "write one sentence about tea",
+    "tell me about the dog", "describe the city", "what do you think of coffee", "write one sentence about music",
+]
+CHOSEN = [
+    "it was very good", "sun and nice weather", "i love it", "nice", "i love the dog", "great city", "coffee is good",
+    "music is happy",
+]
+REJECTED = [
+    "bad", "awful rain", "i hate this book", "terrible tea is bad", "the dog is bad", "sad city", "i hate coffee",
+    "music is awful",
+]
+DATA = {"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED}
+
+
+def config(**kw) -> DPOConfig:
+    """A quiet, plain-text (chat=False) config with test-sized defaults."""
+    base = dict(batch_size=4, learning_rate=1e-2, progress=False, chat=False, seed=0)
+    base.update(kw)
+    return DPOConfig(**base)
+
+
+def state(policy) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
+
+
+def assert_states_equal(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol == 0:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def train(policy=None, data=DATA, ref_policy=None, **kw):
+    policy = policy if policy is not None else tiny_policy(seed=0, device="cpu")
+    return DPOTrainer(policy, data, config(**kw), ref_policy=ref_policy).train()
+
+
+# ---------------------------------------------------------------------------------------------- learning
+@pytest.fixture(scope="module")
+def six_epochs():
+    return train(num_epochs=6)
+
+
+def test_loss_falls_and_reward_margin_and_accuracy_rise_over_epochs(six_epochs):
+    h = six_epochs.history
+    assert [row["step"] for row in h] == list(range(1, 13))  # 8 pairs / batch 4 × 6 epochs
+    assert all(math.isfinite(row["loss"]) for row in h)
+    last = h[-2:]
+    assert sum(r["loss"] for r in last) / 2 < h[0]["loss"] - 0.2
+    assert sum(r["rewards/margins"] for r in last) / 2 > h[0]["rewards/margins"] + 1.0
+    assert sum(r["rewards/accuracies"] for r in last) / 2 >= 0.75 > h[0]["rewards/accuracies"]
+
+
+def test_first_step_loss_is_ln2_because_the_policy_starts_as_the_reference(six_epochs):
+    first = six_epochs.history[0]
+    assert first["loss"] == pytest.approx(LN2, abs=1e-6)
+    assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert first["rewards/rejected"] == pytest.approx(0.0, abs=1e-6)
+    assert first["rewards/accuracies"] == 0.0  # ties are not wins
+
+
+def test_history_rows_carry_trl_metric_names(six_epochs):
+    assert set(six_epochs.history[0]) == {
+        "step", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+        "logps/chosen", "logps/rejected",
+    }
+
+
+def test_result_returns_the_policy_trained_in_place_in_eval_mode():
+    policy = tiny_policy(seed=0, device="cpu")
+    before = state(policy)
+    result = train(policy, max_steps=1)
+    assert result.policy is policy and result.config.max_steps == 1
+    assert not policy.model.training
+    assert any(not torch.equal(before[k], v) for k, v in state(policy).items())
+
+
+def test_same_config_and_seed_give_identical_weights_and_history():
+    a, b = train(num_epochs=2), train(num_epochs=2)
+    assert_states_equal(state(a.policy), state(b.policy))
+    assert a.history == b.history
+
+
+def test_different_seed_gives_different_weights_and_history():
+    a, b = train(num_epochs=2, seed=0), train(num_epochs=2, seed=1)
+    sa, sb = state(a.policy), state(b.policy)
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.history != b.history
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    kw = dict(optimizer="sgd", learning_rate=0.5, max_grad_norm=None, max_steps=1)
+    initial = state(tiny_policy(seed=0, device="cpu"))
+    big = train(batch_size=8, gradient_accumulation_steps=1, **kw)
+    accumulated = train(batch_size=4, gradient_accumulation_steps=2, **kw)
+    assert len(big.history) == len(accumulated.history) == 1
+    assert big.history[0]["loss"] == pytest.approx(accumulated.history[0]["loss"], abs=1e-6)
+    sb = state(big.policy)
+    assert any(not torch.equal(sb[k], initial[k]) for k in sb)  # the step did move the weights
+    assert_states_equal(sb, state(accumulated.policy), atol=1e-6)
+
+
+def test_reference_policy_is_used_for_reference_log_probs():
+    ref = tiny_policy(seed=1, device="cpu")
+    result = train(ref_policy=ref, batch_size=8, max_steps=1)
+    # by hand, on fresh copies: every pair is in the one batch of 8, so the mean does not depend on the order
+    policy0, ref0 = tiny_policy(seed=0, device="cpu"), tiny_policy(seed=1, device="cpu")
+    batch = encode_pairs(policy0, PROMPTS + PROMPTS, CHOSEN + REJECTED, chat=False, add_eos=True)
+    with torch.no_grad():
+        lp = completion_logprobs(policy0.model, **batch).per_sequence
+        rl = completion_logprobs(ref0.model, **batch).per_sequence
+    n = len(PROMPTS)
+    losses, _, _ = dpo_loss(lp[:n], lp[n:], rl[:n], rl[n:], beta=0.1)
+    assert abs(result.history[0]["loss"] - LN2) > 1e-3
+    assert result.history[0]["loss"] == pytest.approx(float(losses.mean()), abs=1e-6)
+    assert_states_equal(state(ref), state(ref0))  # the reference is never trained
+
+
+def test_ipo_loss_type_runs_and_starts_at_one_over_four_beta_squared():
+    result = train(loss_type="ipo", beta=0.1, num_epochs=3)
+    losses = [row["loss"] for row in result.history]
+    assert losses[0] == pytest.approx(1 / (4 * 0.1**2), rel=1e-6)  # h = 0 at the start: (0 − 1/(2β))²
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0]
+
+
+# ---------------------------------------------------------------------------------------------- top layers
+def test_trainable_layers_trains_only_top_blocks_and_final_norm():
+    policy = tiny_policy(seed=0, num_layers=4, device="cpu")
+    before = state(policy)
+    train(policy, trainable_layers=2, num_epochs=2)
+    after = state(policy)
+    trains = ("model.layers.2.", "model.layers.3.", "model.norm.")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    expected = {k for k in before if k.startswith(trains)}
+    assert expected and changed == expected  # every top tensor moved; embeddings, lm_head, lower blocks bitwise equal
+
+
+def test_requires_grad_flags_are_restored_after_training():
+    policy = tiny_policy(seed=0, num_layers=3, device="cpu")
+    for name, p in policy.model.named_parameters():  # a user's own pattern, not all-True
+        p.requires_grad_(not name.startswith("model.layers.0."))
+    flags = {n: p.requires_grad for n, p in policy.model.named_parameters()}
+    assert False in flags.values() and True in flags.values()
+    train(policy, trainable_layers=1, max_steps=2)
+    assert {n: p.requires_grad for n, p in policy.model.named_parameters()} == flags
+
+
+def test_top_layers_on_cached_activations_give_full_model_logits_on_real_positions():
+    policy = tiny_policy(seed=3, num_layers=4, device="cpu")
+    model = policy.model
+    batch = encode_pairs(policy, PROMPTS[:4], CHOSEN[:4], chat=False, add_eos=True)  # right-padded, ragged rows
+    ids, am, cm = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    assert bool((am == 0).any())
+    with torch.no_grad():
+        pos = position_ids_from_mask(am)
+        out = model(input_ids=ids, attention_mask=am, position_ids=pos, output_hidden_states=True)
+        top = TopLayers(model, 2)
+        assert top.first == 2
+        # cache per row (real tokens only), then zero-pad like the trainer does
+        cached = [out.hidden_states[2][i, : int(am[i].sum())] for i in range(len(ids))]
+        hidden = torch.zeros_like(out.hidden_states[2])
+        for i, h in enumerate(cached):
+            hidden[i, : h.shape[0]] = h
+        final = top(hidden, am)
+        logits = model.lm_head(final)
+        real = am.bool()
+        torch.testing.assert_close(logits[real], out.logits[real], rtol=0, atol=1e-6)
+        lp_top = logprobs_from_hidden(final, model.lm_head, ids, cm).per_sequence
+        lp_full = completion_logprobs(model, ids, am, cm).per_sequence
+    torch.testing.assert_close(lp_top, lp_full, rtol=0, atol=1e-5)
+
+
+def test_top_layers_refuse_a_model_without_llama_layers():
+    with pytest.raises(ValueError, match="needs a Llama-family decoder"):
+        TopLayers(torch.nn.Linear(4, 4), 1)
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+def test_lora_changes_merged_attention_weights_and_returns_a_plain_model():
+    fresh = state(tiny_policy(seed=0, device="cpu"))
+    result = train(lora_r=4, max_steps=2)
+    model = result.policy.model
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert not hasattr(model, "peft_config") and not any("lora" in n for n, _ in model.named_parameters())
+    after = state(result.policy)
+    assert after.keys() == fresh.keys()
+    changed = {k for k in fresh if not torch.equal(fresh[k], after[k])}
+    assert changed == {k for k in fresh if k.endswith(("q_proj.weight", "v_proj.weight"))}
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- divergence
+def nan_from_call(n: int):
+    """A dpo_loss that returns NaN losses from its n-th call on."""
+    calls = [0]
+
+    def patched(*args, **kwargs):
+        calls[0] += 1
+        losses, cr, rr = dpo_loss(*args, **kwargs)
+        return (losses * float("nan") if calls[0] >= n else losses), cr, rr
+
+    return patched
+
+
+def test_nan_loss_raises_and_restores_weights_of_the_last_good_step(monkeypatch):
+    initial = state(tiny_policy(seed=0, device="cpu"))
+    after_one = state(train(max_steps=1).policy)
+    assert any(not torch.equal(initial[k], after_one[k]) for k in initial)
+    monkeypatch.setattr(train_mod, "dpo_loss", nan_from_call(2))
+    policy = tiny_policy(seed=0, device="cpu")
+    with pytest.raises(TrainingDiverged, match=r"optimizer step 2; that update was not applied, so the weights are restored to step 1"):
+        train(policy, num_epochs=3)
+    assert_states_equal(state(policy), after_one)
+
+
+def test_nan_on_the_first_step_restores_the_initial_weights(monkeypatch):
+    monkeypatch.setattr(train_mod, "dpo_loss", nan_from_call(1))
+    policy = tiny_policy(seed=0, device="cpu")
+    initial = state(policy)
+    with pytest.raises(TrainingDiverged, match="step 1.*restored"):
+        train(policy)
+    assert_states_equal(state(policy), initial)
+
+
+def test_requires_grad_flags_are_restored_after_divergence(monkeypatch):
+    monkeypatch.setattr(train_mod, "dpo_loss", nan_from_call(2))
+    policy = tiny_policy(seed=0, device="cpu")
+    with pytest.raises(TrainingDiverged):
+        train(policy, trainable_layers=1)
+    assert all(p.requires_grad for p in policy.model.parameters())
+
+
+def test_lora_divergence_leaves_a_plain_model(monkeypatch):
+    monkeypatch.setattr(train_mod, "dpo_loss", nan_from_call(2))
+    policy = tiny_policy(seed=0, device="cpu")
+    with pytest.raises(TrainingDiverged):
+        train(policy, lora_r=4)
+    assert type(policy.model).__name__ == "LlamaForCausalLM"
+
+
+def test_weights_restored_after_divergence_are_finite_even_when_gradients_went_nan(monkeypatch):
+    calls = [0]
+
+    def nan_gradient_at_call_2(pc, pr, rc, rr, **kwargs):
+        calls[0] += 1
+        losses, cr, rr_ = dpo_loss(pc, pr, rc, rr, **kwargs)
+        if calls[0] == 2:  # forward value unchanged (finite), backward NaN: the classic torch.where NaN gradient
+            losses = torch.where(torch.ones_like(losses, dtype=torch.bool), losses, torch.sqrt(-1 - 0 * pc))
+        return losses, cr, rr_
+
+    monkeypatch.setattr(train_mod, "dpo_loss", nan_gradient_at_call_2)
+    policy = tiny_policy(seed=0, device="cpu")
+    with pytest.raises(TrainingDiverged, match="restored"):
+        train(policy, batch_size=2, optimizer="sgd", max_grad_norm=None)
+    assert all(bool(torch.isfinite(p).all()) for p in policy.model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_holds_only_trainable_tensors_and_leaves_no_temp_files(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ckpt"
+    policy = tiny_policy(seed=0, device="cpu")
+    train(policy, trainable_layers=1, max_steps=2, checkpoint_dir=str(out), checkpoint_every=1)
+    assert sorted(os.listdir(out)) == ["trainable.safetensors"]
+    saved = load_file(str(out / "trainable.safetensors"))
+    top = policy.model.model.layers[-1]
+    expected = {f"layers.0.{k}": v for k, v in top.state_dict().items()}
+    expected["norm.weight"] = policy.model.model.norm.weight.detach()
+    assert saved.keys() == expected.keys()  # no embeddings, lm_head or lower blocks
+    for k, v in expected.items():
+        assert torch.equal(saved[k], v), k
+    with safe_open(str(out / "trainable.safetensors"), "pt") as f:
+        assert f.metadata()["step"] == "2"
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_empty_dataset_is_refused():
+    with pytest.raises(ValueError, match="the preference dataset is empty"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), {"prompt": [], "chosen": [], "rejected": []}, config())
+
+
+def test_mismatched_column_lengths_are_refused():
+    with pytest.raises(ValueError, match="column lengths differ: 8 prompts, 8 chosen, 7 rejected"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), {**DATA, "rejected": REJECTED[:7]}, config())
+
+
+@pytest.mark.parametrize("missing", ["prompt", "chosen", "rejected"])
+def test_dataset_missing_a_column_is_refused(missing):
+    data = {k: v for k, v in DATA.items() if k != missing}
+    with pytest.raises(ValueError, match="mapping with prompt/chosen/rejected columns"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), data, config())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"beta": 0}, "beta must be a positive finite number"),
+        ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\)"),
+        ({"batch_size": 0}, "batch_size must be positive"),
+        ({"learning_rate": float("nan")}, "learning_rate must be positive"),
+        ({"max_steps": 0}, "max_steps must be ≥ 1 or None"),
+        ({"optimizer": "adam"}, "optimizer must be 'adamw' or 'sgd'"),
+        ({"trainable_layers": 0}, "trainable_layers must be ≥ 1 or None"),
+        ({"trainable_layers": 1, "lora_r": 4}, "choose one of trainable_layers"),
+        ({"loss_type": "hinge", "label_smoothing": 0.1}, "label_smoothing applies to the 'sigmoid' and 'robust'"),
+    ],
+)
+def test_config_validation_refuses_bad_values(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        DPOConfig(**kwargs)
+
+
+def test_trainable_layers_deeper_than_the_model_is_refused():
+    with pytest.raises(ValueError, match="trainable_layers=3 exceeds the model's 2 decoder blocks"):
+        train(trainable_layers=3)
+
+
+def test_refused_trainable_layers_leaves_requires_grad_flags_unchanged():
+    policy = tiny_policy(seed=0, device="cpu")
+    with pytest.raises(ValueError, match="exceeds"):
+        train(policy, trainable_layers=3)
+    assert all(p.requires_grad for p in policy.model.parameters())
+
+
+def test_prompt_longer_than_max_length_is_refused():
+    long = {"prompt": ["tell me what you think of the movie please"], "chosen": ["good"], "rejected": ["bad"]}
+    with pytest.raises(ValueError, match="completion would be empty after truncation"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), long, config(max_length=5))
+
+
+def test_too_few_pairs_for_one_step_is_refused():
+    data = {k: v[:3] for k, v in DATA.items()}
+    with pytest.raises(ValueError, match="3 pairs give no full optimizer step at batch_size=4"):
+        train(data=data)
+
+
+# ---------------------------------------------------------------------------------------------- multi-process
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_step(cmd: list[str], out: Path, **extra_env: str) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ALIGNLECTURE_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra_env}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
+    return json.loads((out / "result.json").read_text())
+
+
+def test_two_processes_of_four_pairs_equal_one_process_of_eight(tmp_path):
+    """Data-parallel DPO through accelerate: same global batch → same first loss and same updated weights.
+
+    ``accelerate launch --cpu --num_processes 2`` starts ONE process in accelerate 1.x (the simple launcher; multi-CPU
+    needs mpirun), so the two CPU processes are started through torchrun (``--multi_gpu``) with ACCELERATE_USE_CPU=1,
+    which makes each process join a gloo group; the script reports how many processes the trainer really ran on.
+    """
+    from safetensors.torch import load_file
+
+    script = str(ROOT / "tests" / "accelerate_dpo_step.py")
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run_step([sys.executable, script, str(one)], one)
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launch = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_ip", "127.0.0.1",
+        "--main_process_port", str(free_port()), script, str(two),
+    ]
+    double = run_step(launch, two, ACCELERATE_USE_CPU="1")
+    assert (single["num_processes"], single["batch_size"]) == (1, 8)
+    assert (double["num_processes"], double["batch_size"]) == (2, 4)
+    assert double["distributed_type"] == "DistributedType.MULTI_CPU"
+    assert abs(single["loss"] - LN2) > 1e-3  # a reference ≠ policy: the loss says something about the batch
+    assert double["loss"] == pytest.approx(single["loss"], abs=1e-6)
+    w1, w2 = load_file(str(one / "weights.safetensors")), load_file(str(two / "weights.safetensors"))
+    initial = state(tiny_policy(seed=0, device="cpu"))
+    assert any(not torch.equal(w1[k], initial[k]) for k in initial)
+    assert_states_equal(w1, w2, atol=1e-6)
