@@ -37,10 +37,10 @@ class Recipe:
     samples_per_prompt: int = 4
     max_new_tokens: int = 32
     sample_seed: int = 0
-    label_scale: float = 3.0
+    label_scale: float = 10.0  # a sharp annotator: labels agree with the gold order ~87% of the time
     label_seed: int = 0
     dpo: dict = field(
-        default_factory=lambda: dict(beta=0.1, learning_rate=3e-4, batch_size=8, num_epochs=3, trainable_layers=4,
+        default_factory=lambda: dict(beta=0.1, learning_rate=2e-4, batch_size=8, num_epochs=2, trainable_layers=4,
                                      seed=0)
     )
 
