@@ -6,9 +6,8 @@ course's prompt set form every step's batch; the token ids are checked to be ide
 
 Timing (median over the steps after the first):
 - TRL: a TrainerCallback stamps on_step_begin and on_step_end.
-- ours: DPOTrainer.train() has no callback, so a subclass stamps the start of a step (its first ``_logps`` call)
-  and the end (the ``_snapshot`` of the last good weights that closes every step) — the whole step, including
-  our per-step snapshot. As a cross-check, train() is also timed end to end with max_steps = 2 and 7, and the
+- ours: DPOTrainer.train() has no callback, so a subclass stamps every step's first ``_logps`` call; the time
+  between consecutive stamps is one whole step (forward, backward, clip, AdamW, logging). As a cross-check, train() is also timed end to end with max_steps = 2 and 7, and the
   difference divided by 5 (that cancels the set-up: Accelerator, reference-log-prob precompute).
 TRL is timed twice: with its default per-step reference forward (a separate reference model), and with
 ``precompute_ref_log_probs=True`` (reference log-probs computed once before training, as ours always are).
@@ -38,7 +37,7 @@ from alignlecture.prompts import prompt_set  # noqa: E402
 from alignlecture.train import DPOConfig, DPOTrainer  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-STEPS = 7  # the first is dropped: warm-up
+STEPS = 8  # ours yields STEPS − 1 stamped intervals; the first is dropped: warm-up
 LR = 1e-6
 PROMPTS = prompt_set("train")[:4]
 # TRL tokenizes prompt + completion as one string: the leading space keeps both sides' token ids identical
@@ -63,24 +62,19 @@ def load():
 
 # ---------------------------------------------------------------------------------------------- ours
 class TimedDPOTrainer(DPOTrainer):
-    """Our trainer with step stamps: a step starts at its _logps call and ends at the _snapshot that closes it."""
+    """Our trainer with step stamps: the time between consecutive steps' _logps calls is one whole step."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.step_times: list[float] = []
-        self._started: float | None = None
+        self._last: float | None = None
 
     def _logps(self, module, rows, device):
-        if self._started is None:
-            self._started = time.perf_counter()
+        now = time.perf_counter()
+        if self._last is not None:
+            self.step_times.append(now - self._last)
+        self._last = now
         return super()._logps(module, rows, device)
-
-    def _snapshot(self, params):  # noqa: D102  (a static method upstream; called as self._snapshot)
-        out = DPOTrainer._snapshot(params)
-        if self._started is not None:
-            self.step_times.append(time.perf_counter() - self._started)
-            self._started = None
-        return out
 
 
 def our_config(steps: int) -> DPOConfig:
