@@ -53,6 +53,7 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(RUN_ENV) $(PY) benchmarks/bench_toy.py
 	$(RUN_ENV) $(PY) benchmarks/bench_model_load.py
+	$(RUN_ENV) $(PY) benchmarks/bench_dpo.py
 
 # GPU machines have torch and transformers but no network, no model wheel and no .venv: use their python.
 gpu-check:
