@@ -81,7 +81,7 @@ def test_non_str_item_is_a_type_error(positivity, item):
 
 
 def test_unknown_gold_reward_lists_the_known_names():
-    with pytest.raises(ValueError, match=r"unknown gold reward 'kindness'; choose one of \['offensiveness', 'positivity'\]"):
+    with pytest.raises(ValueError, match=r"unknown gold reward 'kindness'; choose one of \['negativity', 'offensiveness', 'positivity'\]"):
         gold_reward("kindness")
 
 
@@ -142,3 +142,8 @@ def test_bt_loss_bad_shapes_are_rejected(rc, rr):
 def test_bt_loss_empty_batch_is_rejected():
     with pytest.raises(ValueError, match="loss of an empty batch is undefined"):
         bradley_terry_loss(torch.zeros(0), torch.zeros(0))
+
+
+def test_negativity_is_exactly_minus_positivity():
+    texts = ["What a wonderful day!", "This is awful and sad.", "The train leaves at noon."]
+    assert torch.equal(gold_reward("negativity")(texts), -gold_reward("positivity")(texts))
