@@ -109,6 +109,13 @@ def completion_logprobs(
     return logprobs_from_logits(logits, input_ids, completion_mask)
 
 
+def prompt_token_ids(policy, prompt: str, *, chat: bool = True) -> list[int]:
+    """The prompt as the model sees it (chat template applied), tokenised without extra specials; never empty."""
+    tok = policy.tokenizer
+    ids = tok(policy.format_prompt(prompt, chat=chat), add_special_tokens=False)["input_ids"]
+    return ids or [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+
+
 def tokenize_pairs(
     policy,
     prompts: Sequence[str],
@@ -130,12 +137,10 @@ def tokenize_pairs(
     tok = policy.tokenizer
     rows, masks = [], []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-        p_ids = tok(policy.format_prompt(prompt, chat=chat), add_special_tokens=False)["input_ids"]
+        p_ids = prompt_token_ids(policy, prompt, chat=chat)
         c_ids = tok(completion, add_special_tokens=False)["input_ids"] if completion else []
         if add_eos:
             c_ids = c_ids + [tok.eos_token_id]
-        if not p_ids:
-            p_ids = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
         if max_length is not None:
             if len(p_ids) >= max_length:
                 raise ValueError(
@@ -219,7 +224,7 @@ def generation_logprobs(policy, generations, *, chat: bool = True, batch_size: i
         completions = generations.completion_ids[start : start + batch_size]
         if any(len(c) == 0 for c in completions):
             raise ValueError("a generation has no completion tokens to score")
-        prompt_ids = [tok(policy.format_prompt(p, chat=chat), add_special_tokens=False)["input_ids"] for p in prompts]
+        prompt_ids = [prompt_token_ids(policy, p, chat=chat) for p in prompts]
         batch = {k: v.to(policy.device) for k, v in encode_ids(prompt_ids, completions, tok.pad_token_id).items()}
         out.append(completion_logprobs(policy.model, **batch).per_sequence.cpu())
     return torch.cat(out)

@@ -119,13 +119,13 @@ def kl_regularised_objective(pi: TabularPolicy, pi_ref: TabularPolicy, rewards: 
 def _rollout(policy, ref_policy, reward_fn, prompts: list[str], samples: int, max_new_tokens: int, seed: int,
              beta: float, chat: bool):
     """Sample, score and compute returns for one LM PPO batch."""
-    from .logprobs import completion_logprobs, encode_ids
+    from .logprobs import completion_logprobs, encode_ids, prompt_token_ids
     from .models import generate
 
     repeated = [p for p in prompts for _ in range(samples)]
     gens = generate(policy, repeated, max_new_tokens=max_new_tokens, seed=seed, chat=chat)
     tok = policy.tokenizer
-    prompt_ids = [tok(policy.format_prompt(p, chat=chat), add_special_tokens=False)["input_ids"] for p in repeated]
+    prompt_ids = [prompt_token_ids(policy, p, chat=chat) for p in repeated]
     batch = encode_ids(prompt_ids, [c or [tok.eos_token_id] for c in gens.completion_ids], tok.pad_token_id)
     batch = {k: v.to(policy.device) for k, v in batch.items()}
     logp_old = completion_logprobs(policy.model, **batch).per_token
