@@ -28,6 +28,11 @@ _SUBMODULES = (
     "widgets",
     "exercises",
     "zoo",
+    "stats",
+    "merging",
+    "mixing",
+    "qfunction",
+    "bon",
 )
 
 

@@ -77,6 +77,14 @@ class Policy:
             )
         return prompt
 
+    def plain(self) -> "Policy":
+        """The same model (shared weights) prompted with the bare prompt text instead of its chat template."""
+        import copy
+
+        tokenizer = copy.copy(self.tokenizer)  # a shallow copy: vocabulary and backend are shared
+        tokenizer.chat_template = None
+        return Policy(model=self.model, tokenizer=tokenizer, name=f"{self.name} (plain prompt)", source=self.source)
+
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
         return f"Policy({self.name!r}, {n / 1e6:.1f}M parameters, source={self.source!r}, device={self.device})"

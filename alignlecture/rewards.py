@@ -48,6 +48,11 @@ def _positivity(texts: list[str]) -> list[float]:
     return [analyzer.polarity_scores(t)["compound"] for t in texts]
 
 
+def _neutrality(texts: list[str]) -> list[float]:
+    analyzer = _vader()
+    return [analyzer.polarity_scores(t)["neu"] for t in texts]
+
+
 def _offensiveness(texts: list[str]) -> list[float]:
     import warnings
 
@@ -72,6 +77,14 @@ GOLD_REWARDS: dict[str, GoldReward] = {
         -1.0,
         1.0,
         lambda texts: [-v for v in _positivity(texts)],
+    ),
+    "neutrality": GoldReward(
+        "neutrality",
+        "VADER's neutral share: the fraction of the text that carries no sentiment, 0 … 1 (a sober register; it "
+        "trades off against positivity without being its mirror image)",
+        0.0,
+        1.0,
+        _neutrality,
     ),
     "offensiveness": GoldReward(
         "offensiveness",

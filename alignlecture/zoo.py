@@ -56,6 +56,11 @@ RECIPES: dict[str, Recipe] = {
         Recipe("smollm2-positivity", "SmolLM2-135M-Instruct tuned by DPO toward VADER positivity", gold="positivity"),
         Recipe("smollm2-negativity", "SmolLM2-135M-Instruct tuned by DPO toward VADER negativity (the opposite "
                "objective: it trades off exactly against positivity)", gold="negativity"),
+        Recipe("smollm2-neutrality", "SmolLM2-135M-Instruct tuned by DPO toward VADER's neutral share (a sober "
+               "register: the second objective of chapter 3's multi-objective front)", gold="neutrality"),
+        Recipe("smollm2-positivity-beta0.2", "smollm2-positivity trained at β = 0.2 instead of 0.1 (chapter 3 "
+               "compares it with β adjustment by logit mixing)", gold="positivity",
+               dpo=dict(beta=0.2, learning_rate=2e-4, batch_size=8, num_epochs=2, trainable_layers=4, seed=0)),
     )
 }
 

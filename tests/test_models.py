@@ -473,3 +473,11 @@ def test_format_prompt_without_a_template_is_the_raw_prompt(tiny):
 def test_format_prompt_rejects_non_str(smollm, bad):
     with pytest.raises(TypeError, match="prompt must be a str"):
         smollm.format_prompt(bad)
+
+
+def test_plain_policy_shares_weights_but_skips_the_chat_template(smollm):
+    plain = smollm.plain()
+    assert plain.model is smollm.model
+    assert plain.format_prompt("Say hi.") == "Say hi."
+    assert smollm.format_prompt("Say hi.") != "Say hi."  # the original keeps its template
+    assert plain.tokenizer("hello world")["input_ids"] == smollm.tokenizer("hello world")["input_ids"]

@@ -81,7 +81,7 @@ def test_non_str_item_is_a_type_error(positivity, item):
 
 
 def test_unknown_gold_reward_lists_the_known_names():
-    with pytest.raises(ValueError, match=r"unknown gold reward 'kindness'; choose one of \['negativity', 'offensiveness', 'positivity'\]"):
+    with pytest.raises(ValueError, match=r"unknown gold reward 'kindness'; choose one of \['negativity', 'neutrality', 'offensiveness', 'positivity'\]"):
         gold_reward("kindness")
 
 
@@ -147,3 +147,11 @@ def test_bt_loss_empty_batch_is_rejected():
 def test_negativity_is_exactly_minus_positivity():
     texts = ["What a wonderful day!", "This is awful and sad.", "The train leaves at noon."]
     assert torch.equal(gold_reward("negativity")(texts), -gold_reward("positivity")(texts))
+
+
+def test_neutrality_is_vaders_neutral_share_and_trades_off_with_positivity():
+    texts = ["The meeting is at noon in room four.", "What a wonderful, joyful, delightful day!"]
+    neutral = gold_reward("neutrality")(texts)
+    assert neutral[0] == 1.0 and 0.0 <= float(neutral[1]) < 0.5  # a plain fact is all neutral; a gush is not
+    positive = gold_reward("positivity")(texts)
+    assert positive[1] > positive[0]  # the more positive text is the less neutral one

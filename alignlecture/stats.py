@@ -1,0 +1,51 @@
+"""Uncertainty for the real-model chapters: means with intervals, so that no number is read without its noise."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _values(values) -> torch.Tensor:
+    x = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if x.numel() < 2:
+        raise ValueError(f"need at least 2 values for an interval; got {x.numel()}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"values must be finite; got {x[~torch.isfinite(x)][:3].tolist()} among them")
+    return x
+
+
+def _check_level(level: float) -> float:
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), e.g. 0.95; got {level!r}")
+    return float(level)
+
+
+def bootstrap_mean(
+    values, *, level: float = 0.95, num: int = 2000, generator: torch.Generator | None = None
+) -> tuple[float, float, float]:
+    """The mean of ``values`` and a percentile-bootstrap interval for it: (mean, low, high).
+
+    Resamples the values (e.g. one per prompt) with replacement ``num`` times; pass a seeded ``generator``
+    for a reproducible interval.
+    """
+    x = _values(values)
+    level = _check_level(level)
+    if not isinstance(num, int) or num < 100:
+        raise ValueError(f"num must be an int ≥ 100 bootstrap resamples; got {num!r}")
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    idx = torch.randint(0, x.numel(), (num, x.numel()), generator=gen)
+    means = x[idx].mean(dim=1)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return float(x.mean()), low, high
+
+
+def mean_interval(values, *, level: float = 0.95) -> tuple[float, float, float]:
+    """The mean and its normal-approximation interval mean ± z·s/√n: (mean, low, high)."""
+    x = _values(values)
+    level = _check_level(level)
+    z = math.sqrt(2) * torch.erfinv(torch.tensor(level, dtype=torch.float64)).item()
+    half = z * float(x.std()) / math.sqrt(x.numel())
+    return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half

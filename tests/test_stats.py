@@ -1,0 +1,48 @@
+"""Intervals: they contain the mean, shrink with more data, are reproducible, and refuse bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignlecture.stats import bootstrap_mean, mean_interval
+
+
+def test_bootstrap_interval_contains_the_mean_and_is_reproducible_with_a_seed():
+    x = torch.randn(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = bootstrap_mean(x, generator=torch.Generator().manual_seed(1))
+    b = bootstrap_mean(x, generator=torch.Generator().manual_seed(1))
+    assert a == b
+    mean, low, high = a
+    assert low < mean < high and mean == pytest.approx(float(x.mean()))
+
+
+def test_bootstrap_and_normal_intervals_agree_for_a_large_sample_and_shrink_like_one_over_root_n():
+    gen = torch.Generator().manual_seed(2)
+    small = torch.randn(100, generator=gen, dtype=torch.float64)
+    large = torch.randn(10_000, generator=gen, dtype=torch.float64)
+    _, lo_b, hi_b = bootstrap_mean(large, generator=gen)
+    _, lo_n, hi_n = mean_interval(large)
+    assert hi_b - lo_b == pytest.approx(hi_n - lo_n, rel=0.1)
+    width_small = mean_interval(small)[2] - mean_interval(small)[1]
+    assert (hi_n - lo_n) / width_small == pytest.approx(0.1, rel=0.25)
+
+
+def test_normal_interval_uses_z_of_the_level():
+    x = torch.tensor([0.0, 2.0], dtype=torch.float64)  # mean 1, std √2, n 2 → half-width 1.96
+    mean, low, high = mean_interval(x)
+    assert (mean, high - mean) == (1.0, pytest.approx(1.959964, rel=1e-6))
+
+
+@pytest.mark.parametrize(
+    "values, kwargs, message",
+    [
+        ([1.0], {}, "at least 2 values"),
+        ([1.0, float("nan")], {}, "must be finite"),
+        ([1.0, 2.0], {"level": 95}, "level must lie in"),
+        ([1.0, 2.0], {"num": 10}, "num must be an int"),
+    ],
+)
+def test_bad_input_is_refused_with_the_reason(values, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bootstrap_mean(values, **kwargs)
