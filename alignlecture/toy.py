@@ -131,6 +131,15 @@ class ToyWorld:
         """A prefix of max_len non-eos tokens is a finished (truncated) response."""
         return len(prefix) >= self.max_len
 
+    def along_paths(self, prefix_values: torch.Tensor) -> torch.Tensor:
+        """Σ over the decision prefixes each response passes through of a per-prefix value [P], Tensor [N]."""
+        if not isinstance(prefix_values, torch.Tensor) or prefix_values.shape != (self.num_prefixes,):
+            shape = tuple(prefix_values.shape) if isinstance(prefix_values, torch.Tensor) else type(prefix_values).__name__
+            raise ValueError(f"prefix_values must be a Tensor [num_prefixes={self.num_prefixes}]; got {shape}")
+        nodes, mask = self._encoded
+        per_step = prefix_values.to(device=self.device, dtype=DTYPE)[nodes]  # [N, T]
+        return torch.where(mask, per_step, torch.zeros_like(per_step)).sum(dim=1)
+
     # ------------------------------------------------------------------ text helpers
     def token_name(self, tok: int) -> str:
         """'<eos>' for 0, then 'a', 'b', … for the other tokens."""

@@ -441,3 +441,19 @@ def test_temperature_not_positive_finite_is_rejected(temperature):
 def test_sample_size_not_positive_int_is_rejected(n):
     with pytest.raises(ValueError, match="n must be a positive int"):
         ToyWorld(4, 3).uniform_policy().sample(n)
+
+
+def test_along_paths_counts_the_decisions_on_each_response():
+    world = ToyWorld(vocab_size=4, max_len=3)
+    ones = torch.ones(world.num_prefixes, dtype=torch.float64)
+    assert torch.equal(world.along_paths(ones), world.lengths.to(torch.float64))  # one step per scored token
+    # every response passes through the root exactly once
+    root_only = torch.zeros(world.num_prefixes, dtype=torch.float64)
+    root_only[0] = 1.0
+    assert torch.equal(world.along_paths(root_only), torch.ones(world.num_responses, dtype=torch.float64))
+
+
+def test_along_paths_rejects_a_wrong_shape():
+    world = ToyWorld(vocab_size=3, max_len=2)
+    with pytest.raises(ValueError, match="num_prefixes=3"):
+        world.along_paths(torch.zeros(5))
