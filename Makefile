@@ -54,6 +54,8 @@ bench: $(STAMP)
 	$(RUN_ENV) $(PY) benchmarks/bench_toy.py
 	$(RUN_ENV) $(PY) benchmarks/bench_model_load.py
 	$(RUN_ENV) $(PY) benchmarks/bench_dpo.py
+	$(RUN_ENV) $(PY) benchmarks/bench_mixing.py
+	$(RUN_ENV) $(PY) benchmarks/bench_bon.py
 
 # GPU machines have torch and transformers but no network, no model wheel and no .venv: use their python.
 gpu-check:

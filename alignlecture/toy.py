@@ -282,6 +282,12 @@ class ToyWorld:
         )
 
 
+def machine_precision(err: float, tol: float = 1e-12) -> str:
+    """'< 1e-12 ✓' when an exact identity's error is at float64 round-off, else the error and ✗ (for printing)."""
+    err = float(err)
+    return f"< {tol:.0e} ✓" if abs(err) < tol else f"{err:.3e} ✗ (tolerance {tol:.0e})"
+
+
 def check_beta(beta: float) -> float:
     """β must be a positive finite number (the KL coefficient)."""
     try:

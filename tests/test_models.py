@@ -475,9 +475,12 @@ def test_format_prompt_rejects_non_str(smollm, bad):
         smollm.format_prompt(bad)
 
 
-def test_plain_policy_shares_weights_but_skips_the_chat_template(smollm):
-    plain = smollm.plain()
-    assert plain.model is smollm.model
-    assert plain.format_prompt("Say hi.") == "Say hi."
-    assert smollm.format_prompt("Say hi.") != "Say hi."  # the original keeps its template
-    assert plain.tokenizer("hello world")["input_ids"] == smollm.tokenizer("hello world")["input_ids"]
+def test_a_system_prompt_shares_weights_and_changes_only_the_formatted_prompt(smollm):
+    terse = smollm.with_system_prompt("You answer tersely.")
+    assert terse.model is smollm.model and terse.tokenizer is smollm.tokenizer
+    text = terse.format_prompt("Say hi.")
+    assert "You answer tersely." in text and text.rstrip().endswith("assistant")
+    assert "You answer tersely." not in smollm.format_prompt("Say hi.")  # the original is unchanged
+    assert terse.format_prompt("Say hi.", chat=False) == "Say hi."
+    with pytest.raises(ValueError, match="non-empty str"):
+        smollm.with_system_prompt("  ")

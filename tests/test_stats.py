@@ -46,3 +46,24 @@ def test_normal_interval_uses_z_of_the_level():
 def test_bad_input_is_refused_with_the_reason(values, kwargs, message):
     with pytest.raises(ValueError, match=message):
         bootstrap_mean(values, **kwargs)
+
+
+def test_gap_closed_is_the_ratio_of_gains_and_its_interval_covers_it():
+    from alignlecture.stats import gap_closed
+
+    gen = torch.Generator().manual_seed(3)
+    untuned = torch.randn(200, generator=gen, dtype=torch.float64)
+    tuned = untuned + 1.0 + 0.1 * torch.randn(200, generator=gen, dtype=torch.float64)
+    steered = untuned + 0.5 + 0.1 * torch.randn(200, generator=gen, dtype=torch.float64)
+    frac, low, high = gap_closed(untuned, steered, tuned, generator=gen)
+    want = float((steered.mean() - untuned.mean()) / (tuned.mean() - untuned.mean()))
+    assert frac == pytest.approx(want) and low < frac < high and 0.4 < frac < 0.6
+
+
+def test_gap_closed_refuses_unpaired_scores_and_a_zero_gap():
+    from alignlecture.stats import gap_closed
+
+    with pytest.raises(ValueError, match="must be paired"):
+        gap_closed([0.0, 1.0], [0.0, 1.0, 2.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="no gap to close"):
+        gap_closed([0.0, 1.0], [0.5, 0.5], [1.0, 0.0])

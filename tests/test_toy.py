@@ -457,3 +457,12 @@ def test_along_paths_rejects_a_wrong_shape():
     world = ToyWorld(vocab_size=3, max_len=2)
     with pytest.raises(ValueError, match="num_prefixes=3"):
         world.along_paths(torch.zeros(5))
+
+
+def test_machine_precision_passes_round_off_and_flags_a_real_error():
+    from alignlecture.toy import machine_precision
+
+    assert machine_precision(3e-16) == "< 1e-12 ✓"
+    assert machine_precision(-3e-16) == "< 1e-12 ✓"
+    assert "✗" in machine_precision(2e-9) and "2.000e-09" in machine_precision(2e-9)
+    assert machine_precision(1e-7, tol=1e-6) == "< 1e-06 ✓"

@@ -1,0 +1,226 @@
+"""Best-of-n: sample n responses, keep the one the reward likes best (lecture §RLHF is not superior to best-of-n).
+
+Exactly (Beirami et al. 2024), for n i.i.d. draws from a finite π with ties broken uniformly among the tied
+draws, the chosen response has distribution
+
+    π_n(y) = [F(y)^n − F⁻(y)^n] · π(y) / π(r = r(y)),    F(y) = P(r ≤ r(y)),  F⁻(y) = P(r < r(y)),
+
+and KL(π_n ‖ π) ≤ log n − (n − 1)/n, with equality in the limit of a continuous reward distribution.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .models import Policy, generate
+
+PROB_ATOL = 1e-6  # how far from 1 a distribution's total may be
+
+
+def check_n(n) -> int:
+    """n must be an int ≥ 1 (the number of samples)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be an int ≥ 1 (the number of samples); got {n!r}")
+    return int(n)
+
+
+def _check_probs(probs, name: str = "probs") -> torch.Tensor:
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    if p.dim() == 0 or p.shape[-1] == 0:
+        raise ValueError(f"{name} must have at least one outcome along its last dim; got shape {tuple(p.shape)}")
+    if bool(torch.isnan(p).any()) or bool((p < 0).any()):
+        raise ValueError(f"{name} must be non-negative and not NaN; got min {float(p.min())}")
+    total = p.sum(dim=-1)
+    err = float((total - 1).abs().max())
+    if not err <= PROB_ATOL:
+        raise ValueError(
+            f"{name} must sum to 1 along the last dim (tolerance {PROB_ATOL}); a total is off by {err:.3g}; "
+            f"pass probs / probs.sum(-1, keepdim=True)"
+        )
+    return p / total[..., None]
+
+
+def bon_distribution(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """Exact distribution π_n of the best of n i.i.d. draws from ``probs`` ranked by ``rewards`` (ties: uniform).
+
+    ``probs`` [..., K] sums to 1 along the last dim; ``rewards`` [..., K] (or anything broadcasting to it).
+    Returns float64 [..., K]. Computed as F^n·(1 − (1 − m/F)^n) with m = π(r = r(y)) the tie-level mass, via
+    log1p/expm1, so it stays accurate for large n and tiny outcome probabilities.
+    """
+    n = check_n(n)
+    p = _check_probs(probs)
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    try:
+        shape = torch.broadcast_shapes(r.shape, p.shape)
+    except RuntimeError:
+        shape = None
+    if shape != p.shape:
+        raise ValueError(
+            f"rewards {tuple(r.shape)} must have the shape of probs {tuple(p.shape)} (or broadcast to it): "
+            "one reward per outcome"
+        )
+    if bool(torch.isnan(r).any()):
+        raise ValueError(f"rewards must not be NaN; got NaN at {torch.isnan(r).nonzero()[0].tolist()}")
+    r = r.expand(p.shape).contiguous()
+    sorted_r, order = torch.sort(r, dim=-1)
+    sorted_p = p.gather(-1, order)
+    new_level = torch.ones_like(sorted_r, dtype=torch.long)
+    new_level[..., 1:] = (sorted_r[..., 1:] != sorted_r[..., :-1]).long()
+    level = new_level.cumsum(-1) - 1  # [..., K] tie level of each sorted outcome, 0 = lowest reward
+    level_mass = torch.zeros_like(sorted_p).scatter_add(-1, level, sorted_p)  # [..., K] (unused levels: 0)
+    F = level_mass.cumsum(-1)  # P(r ≤ level)
+    m = level_mass.gather(-1, level)  # mass of each outcome's tie level
+    F = F.gather(-1, level)
+    safe_F = torch.where(F > 0, F, torch.ones_like(F))
+    top = torch.exp(n * torch.log(safe_F)) * -torch.expm1(n * torch.log1p(-(m / safe_F).clamp(max=1.0)))
+    share = torch.where(m > 0, sorted_p / torch.where(m > 0, m, torch.ones_like(m)), torch.zeros_like(m))
+    out_sorted = torch.where(m > 0, top * share, torch.zeros_like(top))
+    return torch.zeros_like(p).scatter(-1, order, out_sorted)
+
+
+def bon_kl_bound(n: int) -> float:
+    """The best-of-n KL bound log n − (n − 1)/n (Beirami et al. 2024)."""
+    n = check_n(n)
+    return math.log(n) - (n - 1) / n
+
+
+def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) = Σ p log(p/q) over the last dim, with 0·log 0 = 0 and +inf where p > 0 = q, float64 [...]."""
+    p, q = _check_probs(p, "p"), _check_probs(q, "q")
+    if p.shape != q.shape:
+        raise ValueError(f"p {tuple(p.shape)} and q {tuple(q.shape)} must have the same shape")
+    terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p))
+    return terms.sum(dim=-1).clamp(min=0.0)  # KL ≥ 0 (Gibbs); round-off can leave −1e-17 for p = q
+
+
+# ---------------------------------------------------------------------------------------------- the frontier
+def tilted(probs: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
+    """π_β(y) ∝ π(y)·exp(r(y)/β) on a finite support: the KL-penalised optimum (lecture §RLHF, closed form)."""
+    from .toy import check_beta
+
+    beta = check_beta(beta)
+    return _tilt(_check_probs(probs), _check_rewards(rewards, probs), 1.0 / beta)
+
+
+def _check_rewards(rewards, probs) -> torch.Tensor:
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    p = torch.as_tensor(probs)
+    if r.shape != p.shape:
+        raise ValueError(f"rewards {tuple(r.shape)} must have the shape of probs {tuple(p.shape)}: one per outcome")
+    if not bool(torch.isfinite(r).all()):
+        raise ValueError("rewards must be finite")
+    return r
+
+
+def _tilt(p: torch.Tensor, r: torch.Tensor, inverse_beta: float) -> torch.Tensor:
+    logits = torch.where(p > 0, torch.log(p) + inverse_beta * (r - r.max()), torch.full_like(p, -math.inf))
+    return torch.softmax(logits, dim=-1)
+
+
+def tilt_to_kl(probs: torch.Tensor, scores: torch.Tensor, kl: float, *, tol: float = 1e-12) -> torch.Tensor:
+    """The tilt π ∝ π·exp(λ·score) whose KL(· ‖ π) equals ``kl`` (λ ≥ 0 found by bisection; KL grows with λ).
+
+    The largest reachable KL is −log π(argmax score set) (λ → ∞); asking for more is an error.
+    """
+    p, g = _check_probs(probs), _check_rewards(scores, probs)
+    if p.dim() != 1:
+        raise ValueError(f"tilt_to_kl takes one distribution [K]; got shape {tuple(p.shape)}")
+    kl = float(kl)
+    top = (g == g[p > 0].max()) & (p > 0)
+    ceiling = -math.log(float(p[top].sum()))
+    if not 0 <= kl < ceiling:
+        raise ValueError(
+            f"kl must lie in [0, {ceiling:.6g}) for these scores (the KL of putting all mass on the best-scoring "
+            f"outcomes); got {kl}"
+        )
+    lo, hi = 0.0, 1.0
+    while float(kl_divergence(_tilt(p, g, hi), p)) < kl:
+        lo, hi = hi, 2 * hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if float(kl_divergence(_tilt(p, g, mid), p)) < kl:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= tol * hi:
+            break
+    return _tilt(p, g, (lo + hi) / 2)
+
+
+def rlhf_frontier(probs, rewards, betas: Sequence[float]) -> tuple[list[float], list[float]]:
+    """(KL(π_β ‖ π), E_{π_β}[r]) for each β: the optimal reward–KL frontier traced by the penalised objective."""
+    p, r = _check_probs(probs), _check_rewards(rewards, probs)
+    points = [tilted(p, r, b) for b in betas]
+    return [float(kl_divergence(q, p)) for q in points], [float(q @ r) for q in points]
+
+
+def bon_frontier(probs, rewards, ns: Sequence[int]) -> tuple[list[float], list[float]]:
+    """(KL(π_n ‖ π), E_{π_n}[r]) for each n: the exact reward–KL curve of best-of-n."""
+    p, r = _check_probs(probs), _check_rewards(rewards, probs)
+    points = [bon_distribution(p, r, n) for n in ns]
+    return [float(kl_divergence(q, p)) for q in points], [float(q @ r) for q in points]
+
+
+# ---------------------------------------------------------------------------------------------- real models
+@dataclass
+class BestOfN:
+    """Every sample and score of a best-of-n run, and the chosen (first highest-scoring) response per prompt."""
+
+    prompts: list[str]
+    texts: list[list[str]]  # [P][n]
+    completion_ids: list[list[list[int]]]  # [P][n] exact sampled token ids
+    scores: torch.Tensor  # [P, n] float64
+    best_index: torch.Tensor  # [P] long: the first maximum of each row
+    best_texts: list[str]
+    best_scores: torch.Tensor  # [P]
+
+
+def best_of_n(
+    policy: Policy,
+    reward_fn: Callable[[list[str]], torch.Tensor | Sequence[float]],
+    prompts: list[str],
+    n: int,
+    **sampling,
+) -> BestOfN:
+    """Sample n completions per prompt in ONE batched ``models.generate`` and keep the highest-reward one.
+
+    ``reward_fn`` maps a list of completion texts to one finite score each (e.g. ``rewards.gold_reward(...)``).
+    ``sampling`` goes to ``generate`` (max_new_tokens, temperature, top_p, seed, chat, batch_size); batch_size
+    defaults to n·len(prompts), i.e. all samples decoded together. Ties go to the first maximum.
+    """
+    n = check_n(n)
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a list of str (wrap a single prompt in a list)")
+    if not prompts:
+        raise ValueError("prompts is empty; pass at least one prompt")
+    if not callable(reward_fn):
+        raise TypeError(f"reward_fn must be callable (list[str] -> scores); got {type(reward_fn).__name__}")
+    P = len(prompts)
+    sampling.setdefault("batch_size", n * P)
+    repeated = [p for p in prompts for _ in range(n)]  # prompt i fills rows i·n … i·n + n − 1
+    gens = generate(policy, repeated, **sampling)
+    scores = torch.as_tensor(reward_fn(list(gens.texts)), dtype=torch.float64).reshape(-1)
+    if scores.numel() != n * P:
+        raise ValueError(f"reward_fn returned {scores.numel()} scores for {n * P} texts; it must return one per text")
+    if not bool(torch.isfinite(scores).all()):
+        bad = int((~torch.isfinite(scores)).nonzero()[0])
+        raise ValueError(
+            f"reward_fn must return finite scores; text {bad} ({gens.texts[bad]!r}) scored {scores[bad].item()}"
+        )
+    scores = scores.reshape(P, n)
+    best = torch.argmax(scores, dim=1)  # first maximum on ties
+    texts = [gens.texts[i * n : (i + 1) * n] for i in range(P)]
+    return BestOfN(
+        prompts=list(prompts),
+        texts=texts,
+        completion_ids=[gens.completion_ids[i * n : (i + 1) * n] for i in range(P)],
+        scores=scores,
+        best_index=best,
+        best_texts=[texts[i][int(best[i])] for i in range(P)],
+        best_scores=scores[torch.arange(P), best],
+    )

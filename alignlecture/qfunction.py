@@ -1,0 +1,240 @@
+"""Your language model is secretly a Q-function: exact soft Q*/V* of max-entropy RLHF (lecture §More than reward).
+
+Per-token reward (lecture §RLHF in max-entropy RL): r(s, a) = β log π_ref(a|s), plus r(x, y) on the action that
+finishes the response (eos, or in a ToyWorld the non-eos token that reaches max_len). Then
+
+    Q*(s, a) = β log π_ref(a|s) + (r(s·a) if s·a is terminal else V*(s·a)),   V*(s) = β log Σ_a exp(Q*(s, a)/β),
+
+and π*(a|s) = exp((Q*(s, a) − V*(s))/β): the optimal policy is the advantage function. On a ToyWorld every
+prefix is a row of a [P, V] table, so the backup is one vectorised step per depth. Prefix i's child by token
+a ≥ 1 is row b·i + a (b = V − 1), and rows P … N−1 of that numbering are the truncated responses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .logprobs import completion_logprobs
+from .models import Policy
+from .toy import DTYPE, EOS, TabularPolicy, ToyWorld, check_beta
+
+
+@dataclass
+class SoftValues:
+    """Q and V of every decision prefix of a ToyWorld: ``q_table`` [P, V], ``v_table`` [P]; β = 0 means hard max."""
+
+    world: ToyWorld
+    q_table: torch.Tensor  # [P, V]: Q(s, a) for prefix row s, next token a
+    v_table: torch.Tensor  # [P]: V(s) = β logsumexp_a Q(s, a)/β  (max_a Q(s, a) when β = 0)
+    beta: float
+
+    def q(self, prefix: Sequence[int] = ()) -> torch.Tensor:
+        """Q(prefix, a) for every next token a, Tensor [vocab_size]."""
+        return self.q_table[self.world.prefix_index(prefix)].clone()
+
+    def v(self, prefix: Sequence[int] = ()) -> float:
+        """V(prefix) = β log Σ_a exp(Q(prefix, a)/β)."""
+        return float(self.v_table[self.world.prefix_index(prefix)])
+
+    @property
+    def v_root(self) -> float:
+        """V*(x), the value of the empty prefix: β log E_{y~π_ref} exp(r(x, y)/β) for ``soft_values``."""
+        return float(self.v_table[0])
+
+    def advantages(self) -> torch.Tensor:
+        """A(s, a) = Q(s, a) − V(s) = β log π*(a|s), Tensor [P, V] (lecture §secretly an advantage function)."""
+        return self.q_table - self.v_table[:, None]
+
+    def policy(self) -> TabularPolicy:
+        """The softmax policy log π(a|s) = (Q(s, a) − V(s))/β; for ``soft_values`` it is π* (= optimal_policy)."""
+        if self.beta == 0:
+            raise ValueError("hard values (beta=0) define no softmax policy; decode with world.greedy(values.q)")
+        table = self.advantages() / self.beta
+        dead = torch.isinf(self.v_table)  # no finite continuation below (all scores −inf): uniform, as in toy.py
+        if bool(dead.any()):
+            table[dead] = -math.log(self.world.vocab_size)
+        return self.world.policy(table)
+
+    def along(self, response: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Q(s_t, y_t) at each action of one response (eos included), Tensor [number of actions]."""
+        return _along(self.world, self.q_table, response)
+
+
+def soft_backup(
+    world: ToyWorld, token_scores: torch.Tensor, final_scores: torch.Tensor | None = None, beta: float = 1.0
+) -> SoftValues:
+    """Bellman backup Q(s, a) = g(s, a) + (f(s·a) if s·a is terminal else V(s·a)), V = β logsumexp Q/β.
+
+    ``token_scores`` g is a [P, V] table, ``final_scores`` f one value per response (default 0; −inf allowed,
+    e.g. log-probs). ``beta`` > 0 is the soft (max-entropy) backup, ``beta=0`` the hard max. With β = 1 the
+    softmax policy samples responses ∝ exp(Σ_t g + f) — ``world.policy_from_sequence_logprobs`` of that score.
+    Computed bottom-up, one vectorised step per depth.
+    """
+    P, V, b, off = world.num_prefixes, world.vocab_size, world._branch, world._offsets
+    if not isinstance(token_scores, torch.Tensor) or token_scores.shape != (P, V):
+        shape = tuple(token_scores.shape) if isinstance(token_scores, torch.Tensor) else type(token_scores).__name__
+        raise ValueError(f"token_scores must be a Tensor [num_prefixes={P}, vocab_size={V}]; got {shape}")
+    g = token_scores.to(device=world.device, dtype=DTYPE)
+    if bool(torch.isnan(g).any() | (g == math.inf).any()):
+        raise ValueError("token_scores hold NaN or +inf; every entry must be finite or −inf")
+    if final_scores is None:
+        f = torch.zeros(world.num_responses, dtype=DTYPE, device=world.device)
+    else:
+        f = world.check_values(final_scores, "final_scores", allow_neg_inf=True)
+    beta = 0.0 if beta == 0 else check_beta(beta)
+    below = f[P:]  # the truncated responses: terminal, value = final score
+    q_parts, v_parts = [], []
+    for k in reversed(range(world.max_len)):
+        rows = slice(off[k], off[k + 1])
+        cont = torch.cat([f[rows][:, None], below.reshape(-1, b)], dim=1)  # [b^k, V]: eos ends, tokens go deeper
+        q = g[rows] + cont
+        below = beta * torch.logsumexp(q / beta, dim=1) if beta > 0 else q.max(dim=1).values
+        q_parts.append(q)
+        v_parts.append(below)
+    return SoftValues(world, torch.cat(q_parts[::-1]), torch.cat(v_parts[::-1]), beta)
+
+
+def soft_values(world: ToyWorld, pi_ref: TabularPolicy, rewards: torch.Tensor, beta: float) -> SoftValues:
+    """Exact soft Q*/V* of RLHF: r(s, a) = β log π_ref(a|s) (+ r(x, y) when s·a is terminal) (lecture §Soft RL)."""
+    beta = check_beta(beta)
+    world._check_own(pi_ref, "pi_ref")
+    rewards = world.check_values(rewards, "rewards")
+    return soft_backup(world, beta * pi_ref.log_table, rewards, beta)
+
+
+def terminal_mask(world: ToyWorld) -> torch.Tensor:
+    """Which (prefix, token) actions finish a response: eos everywhere, every token at depth max_len − 1, [P, V]."""
+    mask = torch.zeros(world.num_prefixes, world.vocab_size, dtype=torch.bool, device=world.device)
+    mask[:, EOS] = True
+    mask[world._offsets[world.max_len - 1] :] = True
+    return mask
+
+
+def soft_bellman_residual(
+    world: ToyWorld, q_table: torch.Tensor, pi_ref: TabularPolicy, rewards: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """Q(s, a) − [β log π_ref(a|s) + (r(s·a) if terminal else β log Σ_a' exp(Q(s·a, a')/β))], Tensor [P, V].
+
+    Zero everywhere exactly when ``q_table`` is Q* (lecture §Q′ exactly estimates Q*: the "Goal").
+    """
+    beta = check_beta(beta)
+    world._check_own(pi_ref, "pi_ref")
+    rewards = world.check_values(rewards, "rewards")
+    P, V, b = world.num_prefixes, world.vocab_size, world._branch
+    if not isinstance(q_table, torch.Tensor) or q_table.shape != (P, V):
+        raise ValueError(f"q_table must be a Tensor [num_prefixes={P}, vocab_size={V}]")
+    q_table = q_table.to(device=world.device, dtype=DTYPE)
+    v = beta * torch.logsumexp(q_table / beta, dim=1)  # [P]: V implied by Q
+    nxt = torch.cat([v, rewards[P:]])  # [N]: value of node j = b·i + a (a prefix, or a truncated response)
+    children = nxt[b * torch.arange(P, device=world.device)[:, None] + torch.arange(1, V, device=world.device)]
+    target = beta * pi_ref.log_table + torch.cat([rewards[:P, None], children], dim=1)
+    return q_table - target
+
+
+# ---------------------------------------------------------------------------------------------- Q′ from a policy
+def prefix_logprobs(policy: TabularPolicy) -> torch.Tensor:
+    """log π(s) = Σ_t log π(s_t | s_<t) of every decision prefix s, in table order, Tensor [P]."""
+    w = policy.world
+    reach = torch.zeros(1, dtype=DTYPE, device=w.device)
+    parts = []
+    for k in range(w.max_len):
+        parts.append(reach)
+        reach = (reach[:, None] + policy.log_table[w._offsets[k] : w._offsets[k + 1], 1:]).reshape(-1)
+    return torch.cat(parts)
+
+
+def q_prime_table(pi: TabularPolicy, pi_ref: TabularPolicy, beta: float, v_root: float) -> torch.Tensor:
+    """Q′(s, a) = V*(x) + β log π(s·a) − β log π_ref(s) for every prefix s and token a, Tensor [P, V].
+
+    The lecture's recursion, telescoped: Q′(y_1|x) = V*(x) + β log π(y_1|x) and
+    Q′(y_t|s_t) = Q′(y_{t−1}|s_{t−1}) + β log π(y_t|s_t)/π_ref(y_{t−1}|s_{t−1}).
+    Q′ = Q* when π = π* and v_root = V*(x). For ANY π, Q′ satisfies the non-terminal soft Bellman step; only the
+    terminal (reward) step needs π = π* (see ``soft_bellman_residual``). Assumes π and π_ref reach every prefix.
+    """
+    beta = check_beta(beta)
+    w = pi.world
+    w._check_own(pi, "pi")
+    w._check_own(pi_ref, "pi_ref")
+    reach = beta * (prefix_logprobs(pi) - prefix_logprobs(pi_ref))  # [P]
+    return float(v_root) + reach[:, None] + beta * pi.log_table
+
+
+def q_prime(
+    pi: TabularPolicy, pi_ref: TabularPolicy, beta: float, v_root: float, response: Sequence[int] | torch.Tensor
+) -> torch.Tensor:
+    """Q′ along one response by the lecture's recursion, step by step, Tensor [number of actions].
+
+    Q′_1 = V*(x) + β log π(y_1|x)
+    Q′_t = Q′_{t−1} + β log π(y_t|x, y_<t) − β log π_ref(y_{t−1}|x, y_<t−1)
+    """
+    beta = check_beta(beta)
+    w = pi.world
+    w._check_own(pi_ref, "pi_ref")
+    tokens = _actions(w, response)
+    out, prefix, q, prev_ref = [], [], float(v_root), 0.0  # π_ref(y_0|·) := 1: the slide's "/1"
+    for tok in tokens:
+        q = q + beta * float(pi.next_logprobs(prefix)[tok]) - beta * prev_ref
+        out.append(q)
+        prev_ref = float(pi_ref.next_logprobs(prefix)[tok])
+        prefix.append(tok)
+    return torch.tensor(out, dtype=DTYPE)
+
+
+def _actions(world: ToyWorld, response) -> list[int]:
+    """The tokens of a response that are actions: up to and including eos, or all max_len if truncated."""
+    y = world.responses[world.index(response)].tolist()
+    return y[: y.index(EOS) + 1] if EOS in y else y
+
+
+def _along(world: ToyWorld, table: torch.Tensor, response) -> torch.Tensor:
+    y = world.responses[world.index(response)]
+    nodes, mask = world._encode(y[None, :])
+    return table[nodes[0], y][mask[0]]
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def exact_argmax(world: ToyWorld, seq_scores: torch.Tensor) -> torch.Tensor:
+    """argmax_y s(y) by greedy decoding on the hard Q: Q(s, a) = max over responses through s·a of s(y), [T].
+
+    The value-corrected decoder: for s(y) = Σ_t g(y_t|y_<t) (e.g. mixed logits w1 log π1 + w2 log π2), token-level
+    greedy on g alone is not the argmax; greedy on g(a|s) + V(s·a) is (``soft_backup(world, g, beta=0)``).
+    """
+    values = soft_backup(world, torch.zeros(world.num_prefixes, world.vocab_size, dtype=DTYPE), seq_scores, beta=0)
+    return world.greedy(values.q)
+
+
+# ---------------------------------------------------------------------------------------------- real models
+def _as_module(model, name: str) -> torch.nn.Module:
+    inner = model.model if isinstance(model, Policy) else model  # (an LM module's own .model is its backbone)
+    if not isinstance(inner, torch.nn.Module):
+        raise TypeError(f"{name} must be an alignlecture Policy or a torch.nn.Module; got {type(model).__name__}")
+    return inner
+
+
+@torch.no_grad()
+def token_rewards(
+    policy,
+    ref,
+    beta: float,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> torch.Tensor:
+    """β log π(y_t|x, y_<t)/π_ref(y_t|x, y_<t) per completion token, 0 elsewhere, Tensor [B, S] (no gradient).
+
+    Its row sum is the DPO implicit reward β log π(y|x)/π_ref(y|x). ``policy`` and ``ref`` are Policy objects or
+    bare causal-LM modules; each is run on its own device, the result is on ``input_ids``' device.
+    """
+    beta = check_beta(beta)
+    out = []
+    for name, model in (("policy", policy), ("ref", ref)):
+        module = _as_module(model, name)
+        param = next(module.parameters(), None)
+        dev = param.device if param is not None else input_ids.device
+        lp = completion_logprobs(module, input_ids.to(dev), attention_mask.to(dev), completion_mask.to(dev))
+        out.append(lp.per_token.to(input_ids.device))
+    return beta * (out[0] - out[1])
