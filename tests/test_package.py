@@ -110,3 +110,16 @@ def test_submodule_is_imported_lazily_on_first_attribute_access():
 def test_version_and_all_are_declared():
     assert isinstance(alignlecture.__version__, str) and alignlecture.__version__.count(".") == 2
     assert {"device", "profile", "settings", "toy", "logprobs"} <= set(alignlecture.__all__)
+
+
+def test_the_gpu_smoke_check_runs_its_checks_on_the_cpu(capsys):
+    """The GPU script's checks, run with the CPU standing in for CUDA, so the script cannot rot unseen."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.run_checks(torch.device("cpu"))
+    assert len(results) == 6 and all(results), capsys.readouterr().out

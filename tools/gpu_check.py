@@ -1,4 +1,5 @@
-"""GPU smoke check (`make gpu-check`): the toy world, a tiny Llama and logprobs on CUDA, compared with the CPU.
+"""GPU smoke check (`make gpu-check`): toy world, soft values, best-of-n, a tiny Llama's logprobs, generate and
+mixed decoding on CUDA, compared with the CPU.
 
 Needs only torch and transformers (GPU machines have no network, no model wheel and no .venv).
 Prints what ran where and exits non-zero on any mismatch.
@@ -29,6 +30,17 @@ def main() -> int:
         print("no CUDA device here: nothing to check (run this on a GPU machine)")
         return 1
     print(f"GPU: {torch.cuda.get_device_name(0)}")
+    results = run_checks(dev)
+    print("all checks passed" if all(results) else "SOME CHECKS FAILED")
+    return 0 if all(results) else 1
+
+
+def run_checks(dev: torch.device) -> list[bool]:
+    """Every check on ``dev`` against the CPU (tests run it with dev = cpu to keep the script working)."""
+    from alignlecture.bon import bon_distribution
+    from alignlecture.mixing import generate_mixed
+    from alignlecture.qfunction import soft_values
+
     results = []
 
     start = time.perf_counter()
@@ -56,8 +68,31 @@ def main() -> int:
     gen = generate(policy_g, ["tell me about the movie"], max_new_tokens=8, do_sample=False, chat=False)
     results.append(check("tiny Llama generate on " + str(policy_g.device), len(gen.completion_ids[0]) >= 1,
                          f"{len(gen.completion_ids[0])} tokens: {gen.texts[0]!r}"))
-    print("all checks passed" if all(results) else "SOME CHECKS FAILED")
-    return 0 if all(results) else 1
+
+    start = time.perf_counter()
+    sv_c, sv_g = soft_values(cpu_world, pi_c, r_c, 0.5), soft_values(gpu_world, pi_g, r_g, 0.5)
+    err = (sv_c.q_table - sv_g.q_table.cpu()).abs().max().item()
+    err_pi = (sv_g.policy().log_table.cpu() - opt_c.log_table).abs().max().item()
+    results.append(check("soft Q*/V* V=8 T=6 on " + str(sv_g.q_table.device), err < 1e-10 and err_pi < 1e-10,
+                         f"|Q*_gpu − Q*_cpu| = {err:.1e}, |exp((Q*−V*)/β) − π*| = {err_pi:.1e}, "
+                         f"{time.perf_counter() - start:.2f} s"))
+
+    probs_c = opt_c.probs()
+    bon_c, bon_g = bon_distribution(probs_c, r_c, 16), bon_distribution(probs_c.to(dev), r_g, 16)
+    err = (bon_c - bon_g.cpu()).abs().max().item()
+    results.append(check("best-of-16 distribution on " + str(bon_g.device), err < 1e-12,
+                         f"|π_16 gpu − cpu| = {err:.1e} over {probs_c.numel()} responses"))
+
+    other_c, other_g = tiny_policy(seed=1, device="cpu"), tiny_policy(seed=1, device=dev)
+    prompts = ["tell me about the movie", "write one sentence"]
+    mix_c = generate_mixed([policy_c, other_c], [1.5, -0.5], prompts, max_new_tokens=6, chat=False)
+    mix_g = generate_mixed([policy_g, other_g], [1.5, -0.5], prompts, max_new_tokens=6, chat=False)
+    err = (mix_c.mixed_logprobs - mix_g.mixed_logprobs.cpu()).abs().max().item()
+    results.append(check("mixed decoding of two tiny Llamas on " + str(policy_g.device),
+                         mix_c.completion_ids == mix_g.completion_ids and err < 1e-3,
+                         f"same greedy tokens: {mix_c.completion_ids == mix_g.completion_ids}, "
+                         f"|mixed log-prob gpu − cpu| = {err:.1e}"))
+    return results
 
 
 if __name__ == "__main__":
