@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,16 +25,9 @@ from alignlecture.models import generate, load_policy  # noqa: E402
 from alignlecture.prompts import prompt_set  # noqa: E402
 from alignlecture.qfunction import soft_values  # noqa: E402
 from alignlecture.toy import EOS, DTYPE, ToyWorld  # noqa: E402
+from _timing import best_of  # noqa: E402
 
 
-def best_of(fn, repeats: int) -> float:
-    """Fastest wall time of ``repeats`` calls (seconds)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def loop_soft_values(world, pi_ref, rewards, beta) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import time
 import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,25 +33,11 @@ from alignlecture.logprobs import _accepts_logits_to_keep, position_ids_from_mas
 from alignlecture.mixing import generate_mixed, mix_logprobs  # noqa: E402
 from alignlecture.models import Policy, load_policy  # noqa: E402
 from alignlecture.prompts import prompt_set  # noqa: E402
+from _timing import best_of  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best_of(fn, device: torch.device, repeats: int) -> float:
-    """Fastest wall time of ``repeats`` calls (seconds), synchronising the device around each."""
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def bandwidth(device: torch.device, gib: float) -> tuple[float, float]:
@@ -60,8 +45,8 @@ def bandwidth(device: torch.device, gib: float) -> tuple[float, float]:
     x = torch.ones(int(gib * 2**30) // 4, device=device)
     y = torch.empty_like(x)
     nbytes = x.numel() * 4
-    read = nbytes / best_of(lambda: x.sum(), device, 5)
-    rw = 2 * nbytes / best_of(lambda: y.copy_(x), device, 5)
+    read = nbytes / best_of(lambda: x.sum(), 5, device)
+    rw = 2 * nbytes / best_of(lambda: y.copy_(x), 5, device)
     del x, y
     return read, rw
 
@@ -114,17 +99,17 @@ def measure(policies, batch: int, n: int, args, device) -> dict[str, float]:
     mixed_run = lambda: generate_mixed(policies, weights, prompts, max_new_tokens=n, min_new_tokens=n)  # noqa: E731
     out = mixed_run()  # warm-up, and the continuation the no-cache baseline re-reads
     assert all(len(c) == n for c in out.completion_ids), "every row must decode exactly n tokens"
-    mixed = best_of(mixed_run, device, args.repeats)
+    mixed = best_of(mixed_run, args.repeats, device)
 
     encs = [left_padded(p, prompts) for p in policies]
     for p, enc in zip(policies, encs):
         own_generate(p, enc, 4)  # warm-up
-    own = sum(best_of(lambda: own_generate(p, enc, n), device, args.repeats) for p, enc in zip(policies, encs))
+    own = sum(best_of(lambda: own_generate(p, enc, n), args.repeats, device) for p, enc in zip(policies, encs))
 
     rows = [[prompt_token_ids(p, q) for q in prompts] for p in policies]
     steps = sorted({round(i * (n - 1) / max(1, args.nocache_steps - 1)) for i in range(args.nocache_steps)})
     nocache_step(policies, weights, rows, [c[:0] for c in out.completion_ids])  # warm-up
-    per_step = [best_of(lambda: nocache_step(policies, weights, rows, [c[:t] for c in out.completion_ids]), device, 1)
+    per_step = [best_of(lambda: nocache_step(policies, weights, rows, [c[:t] for c in out.completion_ids]), 1, device)
                 for t in steps]
     return {"mixed": mixed / n, "own": own / n, "nocache": sum(per_step) / len(per_step)}
 

@@ -5,21 +5,13 @@ Goal (issue 2): ≥ 10^6 responses scored per second; a V=8, T=6 world in well u
 
 from __future__ import annotations
 
-import time
 
 import torch
 
 from alignlecture.toy import ToyWorld
+from _timing import best_of
 
 
-def best_of(fn, repeats: int = 5) -> float:
-    """Fastest wall time of ``repeats`` calls (seconds)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def loop_logprob(pi, response) -> float:
