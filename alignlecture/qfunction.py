@@ -136,17 +136,6 @@ def soft_bellman_residual(
 
 
 # ---------------------------------------------------------------------------------------------- Q′ from a policy
-def prefix_logprobs(policy: TabularPolicy) -> torch.Tensor:
-    """log π(s) = Σ_t log π(s_t | s_<t) of every decision prefix s, in table order, Tensor [P]."""
-    w = policy.world
-    reach = torch.zeros(1, dtype=DTYPE, device=w.device)
-    parts = []
-    for k in range(w.max_len):
-        parts.append(reach)
-        reach = (reach[:, None] + policy.log_table[w._offsets[k] : w._offsets[k + 1], 1:]).reshape(-1)
-    return torch.cat(parts)
-
-
 def q_prime_table(pi: TabularPolicy, pi_ref: TabularPolicy, beta: float, v_root: float) -> torch.Tensor:
     """Q′(s, a) = V*(x) + β log π(s·a) − β log π_ref(s) for every prefix s and token a, Tensor [P, V].
 
@@ -159,7 +148,7 @@ def q_prime_table(pi: TabularPolicy, pi_ref: TabularPolicy, beta: float, v_root:
     w = pi.world
     w._check_own(pi, "pi")
     w._check_own(pi_ref, "pi_ref")
-    reach = beta * (prefix_logprobs(pi) - prefix_logprobs(pi_ref))  # [P]
+    reach = beta * (pi.prefix_logprobs() - pi_ref.prefix_logprobs())  # [P]
     return float(v_root) + reach[:, None] + beta * pi.log_table
 
 

@@ -335,17 +335,23 @@ class TabularPolicy:
         per_token = self.log_table[nodes, responses]  # [M, T]
         return torch.where(mask, per_token, torch.zeros_like(per_token)).sum(dim=1)
 
+    def prefix_logprobs(self) -> torch.Tensor:
+        """log π(s) = Σ_t log π(s_t | s_<t) of reaching every decision prefix s, in table order, Tensor [P]."""
+        w, off = self.world, self.world._offsets
+        reach = torch.zeros(1, dtype=DTYPE, device=w.device)  # log-prob of reaching each depth-k prefix
+        parts = []
+        for k in range(w.max_len):
+            parts.append(reach)
+            reach = (reach[:, None] + self.log_table[off[k] : off[k + 1], 1:]).reshape(-1)  # children, in order
+        return torch.cat(parts)
+
     def sequence_logprobs(self) -> torch.Tensor:
         """log π(y) for every response of the world in ``world.responses`` order, Tensor [N] (top-down)."""
-        w, b = self.world, self.world._branch
-        off = w._offsets
-        reach = torch.zeros(1, dtype=DTYPE, device=w.device)  # log-prob of reaching each depth-k prefix
-        eos_parts = []
-        for k in range(w.max_len):
-            table = self.log_table[off[k] : off[k + 1]]  # [b^k, V]
-            eos_parts.append(reach + table[:, EOS])
-            reach = (reach[:, None] + table[:, 1:]).reshape(-1)  # children in lexicographic order
-        return torch.cat([*eos_parts, reach])
+        reach = self.prefix_logprobs()
+        ended = reach + self.log_table[:, EOS]  # response i < P: prefix i, then eos
+        last = slice(self.world._offsets[-2], self.world._offsets[-1])  # depth max_len − 1
+        truncated = (reach[last, None] + self.log_table[last, 1:]).reshape(-1)
+        return torch.cat([ended, truncated])
 
     def probs(self) -> torch.Tensor:
         """π(y) for every response, Tensor [N]; sums to 1."""

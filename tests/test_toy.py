@@ -466,3 +466,12 @@ def test_machine_precision_passes_round_off_and_flags_a_real_error():
     assert machine_precision(-3e-16) == "< 1e-12 ✓"
     assert "✗" in machine_precision(2e-9) and "2.000e-09" in machine_precision(2e-9)
     assert machine_precision(1e-7, tol=1e-6) == "< 1e-06 ✓"
+
+
+def test_prefix_logprobs_are_the_products_along_each_prefix():
+    world = ToyWorld(vocab_size=4, max_len=3)
+    pi = world.random_policy(seed=9)
+    reach = pi.prefix_logprobs()
+    for row, prefix in enumerate(world.prefixes()):
+        want = sum(float(pi.next_logprobs(prefix[:t])[tok]) for t, tok in enumerate(prefix))
+        assert abs(float(reach[row]) - want) < 1e-12, prefix
