@@ -9,21 +9,12 @@ Q = K = 0 in that block.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
 
+from .mixing import check_weights
 from .models import Policy
-
-
-def _check_weights(weights: Sequence[float], count: int) -> list[float]:
-    weights = [float(w) for w in weights]
-    if len(weights) != count:
-        raise ValueError(f"got {len(weights)} weights for {count} policies; pass one weight per policy")
-    if not all(math.isfinite(w) for w in weights):
-        raise ValueError(f"weights must be finite; got {weights}")
-    return weights
 
 
 def merge_parameters(policies: Sequence[Policy], weights: Sequence[float], *, name: str | None = None) -> Policy:
@@ -31,7 +22,7 @@ def merge_parameters(policies: Sequence[Policy], weights: Sequence[float], *, na
     policies = list(policies)
     if len(policies) < 2:
         raise ValueError(f"merging needs at least 2 policies; got {len(policies)}")
-    weights = _check_weights(weights, len(policies))
+    weights = check_weights(weights, len(policies))
     states = [p.model.state_dict() for p in policies]
     keys = list(states[0])
     for p, state in zip(policies[1:], states[1:]):

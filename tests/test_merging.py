@@ -46,7 +46,7 @@ def test_merging_with_weights_one_and_zero_gives_back_the_first_model(tiny):
 
 
 @pytest.mark.parametrize(
-    "weights, message", [([1.0], "one weight per policy"), ([1.0, float("inf")], "weights must be finite")]
+    "weights, message", [([1.0], "one weight per model"), ([1.0, float("inf")], "weights must be finite")]
 )
 def test_bad_weights_are_refused(tiny, weights, message):
     with pytest.raises(ValueError, match=message):
