@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .models import Policy, generate
+from .toy import check_beta
 
 PROB_ATOL = 1e-6  # how far from 1 a distribution's total may be
 
@@ -45,15 +46,8 @@ def _check_probs(probs, name: str = "probs") -> torch.Tensor:
     return p / total[..., None]
 
 
-def bon_distribution(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torch.Tensor:
-    """Exact distribution π_n of the best of n i.i.d. draws from ``probs`` ranked by ``rewards`` (ties: uniform).
-
-    ``probs`` [..., K] sums to 1 along the last dim; ``rewards`` [..., K] (or anything broadcasting to it).
-    Returns float64 [..., K]. Computed as F^n·(1 − (1 − m/F)^n) with m = π(r = r(y)) the tie-level mass, via
-    log1p/expm1, so it stays accurate for large n and tiny outcome probabilities.
-    """
-    n = check_n(n)
-    p = _check_probs(probs)
+def _check_rewards(rewards, p: torch.Tensor, *, finite: bool = False) -> torch.Tensor:
+    """One reward per outcome of ``p`` (broadcasting allowed), not NaN (nor ±inf when ``finite``), float64 like p."""
     r = torch.as_tensor(rewards, dtype=torch.float64)
     try:
         shape = torch.broadcast_shapes(r.shape, p.shape)
@@ -66,7 +60,21 @@ def bon_distribution(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torc
         )
     if bool(torch.isnan(r).any()):
         raise ValueError(f"rewards must not be NaN; got NaN at {torch.isnan(r).nonzero()[0].tolist()}")
-    r = r.expand(p.shape).contiguous()
+    if finite and not bool(torch.isfinite(r).all()):
+        raise ValueError("rewards must be finite here (an infinite reward has no tilted distribution)")
+    return r.expand(p.shape).contiguous()
+
+
+def bon_distribution(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """Exact distribution π_n of the best of n i.i.d. draws from ``probs`` ranked by ``rewards`` (ties: uniform).
+
+    ``probs`` [..., K] sums to 1 along the last dim; ``rewards`` [..., K] (or anything broadcasting to it).
+    Returns float64 [..., K]. Computed as F^n·(1 − (1 − m/F)^n) with m = π(r = r(y)) the tie-level mass, via
+    log1p/expm1, so it stays accurate for large n and tiny outcome probabilities.
+    """
+    n = check_n(n)
+    p = _check_probs(probs)
+    r = _check_rewards(rewards, p)
     sorted_r, order = torch.sort(r, dim=-1)
     sorted_p = p.gather(-1, order)
     new_level = torch.ones_like(sorted_r, dtype=torch.long)
@@ -101,20 +109,9 @@ def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- the frontier
 def tilted(probs: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
     """π_β(y) ∝ π(y)·exp(r(y)/β) on a finite support: the KL-penalised optimum (lecture §RLHF, closed form)."""
-    from .toy import check_beta
-
     beta = check_beta(beta)
-    return _tilt(_check_probs(probs), _check_rewards(rewards, probs), 1.0 / beta)
-
-
-def _check_rewards(rewards, probs) -> torch.Tensor:
-    r = torch.as_tensor(rewards, dtype=torch.float64)
-    p = torch.as_tensor(probs)
-    if r.shape != p.shape:
-        raise ValueError(f"rewards {tuple(r.shape)} must have the shape of probs {tuple(p.shape)}: one per outcome")
-    if not bool(torch.isfinite(r).all()):
-        raise ValueError("rewards must be finite")
-    return r
+    p = _check_probs(probs)
+    return _tilt(p, _check_rewards(rewards, p, finite=True), 1.0 / beta)
 
 
 def _tilt(p: torch.Tensor, r: torch.Tensor, inverse_beta: float) -> torch.Tensor:
@@ -127,7 +124,8 @@ def tilt_to_kl(probs: torch.Tensor, scores: torch.Tensor, kl: float, *, tol: flo
 
     The largest reachable KL is −log π(argmax score set) (λ → ∞); asking for more is an error.
     """
-    p, g = _check_probs(probs), _check_rewards(scores, probs)
+    p = _check_probs(probs)
+    g = _check_rewards(scores, p, finite=True)
     if p.dim() != 1:
         raise ValueError(f"tilt_to_kl takes one distribution [K]; got shape {tuple(p.shape)}")
     kl = float(kl)
@@ -154,14 +152,16 @@ def tilt_to_kl(probs: torch.Tensor, scores: torch.Tensor, kl: float, *, tol: flo
 
 def rlhf_frontier(probs, rewards, betas: Sequence[float]) -> tuple[list[float], list[float]]:
     """(KL(π_β ‖ π), E_{π_β}[r]) for each β: the optimal reward–KL frontier traced by the penalised objective."""
-    p, r = _check_probs(probs), _check_rewards(rewards, probs)
+    p = _check_probs(probs)
+    r = _check_rewards(rewards, p, finite=True)
     points = [tilted(p, r, b) for b in betas]
     return [float(kl_divergence(q, p)) for q in points], [float(q @ r) for q in points]
 
 
 def bon_frontier(probs, rewards, ns: Sequence[int]) -> tuple[list[float], list[float]]:
     """(KL(π_n ‖ π), E_{π_n}[r]) for each n: the exact reward–KL curve of best-of-n."""
-    p, r = _check_probs(probs), _check_rewards(rewards, probs)
+    p = _check_probs(probs)
+    r = _check_rewards(rewards, p)
     points = [bon_distribution(p, r, n) for n in ns]
     return [float(kl_divergence(q, p)) for q in points], [float(q @ r) for q in points]
 
