@@ -31,15 +31,22 @@ def bootstrap_mean(
     for a reproducible interval.
     """
     x = _values(values)
+    low, high = _percentile_bootstrap(lambda idx: x[idx].mean(dim=1), x.numel(), level, num, generator)
+    return float(x.mean()), low, high
+
+
+def _percentile_bootstrap(statistic, size: int, level: float, num: int, generator) -> tuple[float, float]:
+    """(low, high) percentiles of ``statistic(idx)`` over ``num`` resamples idx [num, size] drawn with replacement."""
     level = _check_level(level)
     if not isinstance(num, int) or num < 100:
         raise ValueError(f"num must be an int ≥ 100 bootstrap resamples; got {num!r}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    idx = torch.randint(0, x.numel(), (num, x.numel()), generator=gen)
-    means = x[idx].mean(dim=1)
+    idx = torch.randint(0, size, (num, size), generator=gen)
+    stats = statistic(idx)
+    stats = stats[torch.isfinite(stats)]  # a resample whose statistic is undefined (e.g. 0/0) has no percentile
     tail = (1 - level) / 2
-    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return float(x.mean()), low, high
+    low, high = torch.quantile(stats, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return low, high
 
 
 def mean_interval(values, *, level: float = 0.95) -> tuple[float, float, float]:
@@ -66,13 +73,9 @@ def gap_closed(
             f"untuned, steered and tuned must be paired (one score per prompt each); got {u.numel()}, {s.numel()}, "
             f"{t.numel()} values"
         )
-    level = _check_level(level)
     if float(t.mean() - u.mean()) == 0:
         raise ValueError("tuned and untuned have the same mean: there is no gap to close")
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    idx = torch.randint(0, u.numel(), (num, u.numel()), generator=gen)
-    ratios = (s[idx] - u[idx]).mean(dim=1) / (t[idx] - u[idx]).mean(dim=1)
-    ratios = ratios[torch.isfinite(ratios)]
-    tail = (1 - level) / 2
-    low, high = torch.quantile(ratios, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    low, high = _percentile_bootstrap(
+        lambda idx: (s[idx] - u[idx]).mean(dim=1) / (t[idx] - u[idx]).mean(dim=1), u.numel(), level, num, generator
+    )
     return float((s.mean() - u.mean()) / (t.mean() - u.mean())), low, high
