@@ -19,19 +19,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ALIGNLECTURE_OFFLINE", "1")
 
+from dpo_pairs import DATA  # noqa: E402 — tests/ is this script's directory, on sys.path
+
 GLOBAL_BATCH = 8
-PROMPTS = [
-    "tell me about the movie", "describe the weather", "what do you think of this book", "write one sentence about tea",
-    "tell me about the dog", "describe the city", "what do you think of coffee", "write one sentence about music",
-]
-CHOSEN = [
-    "it was very good", "sun and nice weather", "i love it", "nice", "i love the dog", "great city", "coffee is good",
-    "music is happy",
-]
-REJECTED = [
-    "bad", "awful rain", "i hate this book", "terrible tea is bad", "the dog is bad", "sad city", "i hate coffee",
-    "music is awful",
-]
 
 
 def main(out_dir: str) -> None:
@@ -53,8 +43,7 @@ def main(out_dir: str) -> None:
         batch_size=GLOBAL_BATCH // num_processes, optimizer="sgd", learning_rate=0.1, max_grad_norm=None,
         max_steps=1, num_epochs=1, progress=False, chat=False, seed=0,
     )
-    data = {"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED}
-    result = DPOTrainer(policy, data, config, ref_policy=reference).train()
+    result = DPOTrainer(policy, DATA, config, ref_policy=reference).train()
     state = PartialState()  # the state the trainer ran under
     if state.num_processes != num_processes:
         raise SystemExit(f"launched as {num_processes} processes but the trainer ran on {state.num_processes}")

@@ -23,23 +23,10 @@ from alignlecture.logprobs import (
 )
 from alignlecture.models import tiny_policy
 from alignlecture.train import DPOConfig, DPOTrainer, TopLayers, TrainingDiverged
+from dpo_pairs import CHOSEN, DATA, PROMPTS, REJECTED  # tests/ is on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LN2 = math.log(2.0)
-
-PROMPTS = [
-    "tell me about the movie", "describe the weather", "what do you think of this book", "write one sentence about tea",
-    "tell me about the dog", "describe the city", "what do you think of coffee", "write one sentence about music",
-]
-CHOSEN = [
-    "it was very good", "sun and nice weather", "i love it", "nice", "i love the dog", "great city", "coffee is good",
-    "music is happy",
-]
-REJECTED = [
-    "bad", "awful rain", "i hate this book", "terrible tea is bad", "the dog is bad", "sad city", "i hate coffee",
-    "music is awful",
-]
-DATA = {"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED}
 
 
 def config(**kw) -> DPOConfig:
