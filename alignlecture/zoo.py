@@ -25,6 +25,9 @@ from .rewards import gold_reward
 from .train import DPOConfig, DPOTrainer, TrainResult
 
 
+DPO_DEFAULTS = dict(beta=0.1, learning_rate=2e-4, batch_size=8, num_epochs=2, trainable_layers=4, seed=0)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a zoo policy is made: base model, gold reward, data and DPO settings."""
@@ -39,10 +42,7 @@ class Recipe:
     sample_seed: int = 0
     label_scale: float = 10.0  # a sharp annotator: labels agree with the gold order ~87% of the time
     label_seed: int = 0
-    dpo: dict = field(
-        default_factory=lambda: dict(beta=0.1, learning_rate=2e-4, batch_size=8, num_epochs=2, trainable_layers=4,
-                                     seed=0)
-    )
+    dpo: dict = field(default_factory=lambda: dict(DPO_DEFAULTS))
 
     def key(self) -> str:
         """A short hash of every field: a changed recipe never reads an old cache."""
@@ -60,7 +60,7 @@ RECIPES: dict[str, Recipe] = {
                "register: the second objective of chapter 3's multi-objective front)", gold="neutrality"),
         Recipe("smollm2-positivity-beta0.2", "smollm2-positivity trained at β = 0.2 instead of 0.1 (chapter 3 "
                "compares it with β adjustment by logit mixing)", gold="positivity",
-               dpo=dict(beta=0.2, learning_rate=2e-4, batch_size=8, num_epochs=2, trainable_layers=4, seed=0)),
+               dpo={**DPO_DEFAULTS, "beta": 0.2}),
     )
 }
 
