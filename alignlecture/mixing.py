@@ -152,6 +152,15 @@ class _CachedModel:
         return logp
 
 
+@torch.inference_mode()
+def next_token_logprobs(policy, prompts: list[str], *, chat: bool = True) -> torch.Tensor:
+    """log π(· | x) of the first response token for each prompt, [B, len(tokenizer)] (the decoder's prefill step)."""
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a non-empty list of str (wrap a single prompt in a list)")
+    model = _CachedModel(policy, check_same_vocabulary([policy]))
+    return model.start([prompt_token_ids(policy, p, chat=chat) for p in prompts])
+
+
 @dataclass
 class MixedGenerations:
     """Completions of the mix: text, chosen ids (cut after the first eos, eos kept) and their log-probs.

@@ -18,6 +18,7 @@ from alignlecture.mixing import (
     generate_mixed,
     mix_logprobs,
     multi_objective,
+    next_token_logprobs,
     proxy_tuning,
     weak_to_strong,
 )
@@ -330,3 +331,15 @@ def test_smollm_chat_and_raw_prompts_stay_aligned_on_the_continuation(smollm):
     # cached one-token steps against one full forward: float32 kernels (and their thread split) differ, ~1e-4
     assert torch.allclose(out.logprobs[0], rescored(smollm, prompts, out.completion_ids), atol=2e-4)
     assert torch.allclose(out.logprobs[1], rescored(raw, prompts, out.completion_ids), atol=2e-4)
+
+
+def test_next_token_logprobs_are_the_first_completion_token_logprobs_of_each_prompt(pair):
+    a, _ = pair
+    first = next_token_logprobs(a, PROMPTS)  # [B, vocab], one left-padded batch
+    assert first.shape == (len(PROMPTS), len(a.tokenizer))
+    assert torch.allclose(first.exp().sum(dim=-1), torch.ones(len(PROMPTS)), atol=1e-5)
+    tokens = first.argmax(dim=-1).tolist()
+    for row, (prompt, tok) in enumerate(zip(PROMPTS, tokens)):
+        assert float(first[row, tok]) == pytest.approx(float(rescored(a, [prompt], [[tok]])[0, 0]), abs=1e-5)
+    with pytest.raises(TypeError, match="list of str"):
+        next_token_logprobs(a, "one prompt")
