@@ -74,21 +74,41 @@ def bon_distribution(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torc
     """
     n = check_n(n)
     p = _check_probs(probs)
-    r = _check_rewards(rewards, p)
+    return _bon_from_levels(_tie_levels(p, _check_rewards(rewards, p)), n)
+
+
+def bon_distributions(probs: torch.Tensor, rewards: torch.Tensor, ns: Sequence[int]) -> torch.Tensor:
+    """``bon_distribution`` for every n in ``ns`` at once, sorting the rewards once: float64 [len(ns), ..., K]."""
+    ns = [check_n(n) for n in ns]
+    if not ns:
+        raise ValueError("ns is empty; give at least one n ≥ 1")
+    p = _check_probs(probs)
+    n = torch.tensor(ns, dtype=torch.float64).view(-1, *([1] * p.dim()))  # [L, 1…]
+    return _bon_from_levels(_tie_levels(p, _check_rewards(rewards, p)), n)
+
+
+def _tie_levels(p: torch.Tensor, r: torch.Tensor):
+    """Sort by reward once: (order, sorted probs, F = P(r ≤ level), m = mass of the level) of each outcome."""
     sorted_r, order = torch.sort(r, dim=-1)
     sorted_p = p.gather(-1, order)
     new_level = torch.ones_like(sorted_r, dtype=torch.long)
     new_level[..., 1:] = (sorted_r[..., 1:] != sorted_r[..., :-1]).long()
     level = new_level.cumsum(-1) - 1  # [..., K] tie level of each sorted outcome, 0 = lowest reward
     level_mass = torch.zeros_like(sorted_p).scatter_add(-1, level, sorted_p)  # [..., K] (unused levels: 0)
-    F = level_mass.cumsum(-1)  # P(r ≤ level)
+    F = level_mass.cumsum(-1).gather(-1, level)  # P(r ≤ level of each outcome)
     m = level_mass.gather(-1, level)  # mass of each outcome's tie level
-    F = F.gather(-1, level)
+    return order, sorted_p, F, m
+
+
+def _bon_from_levels(levels, n) -> torch.Tensor:
+    """π_n from ``_tie_levels``; ``n`` an int or a float64 Tensor [L, 1…] (then the result is [L, ..., K])."""
+    order, sorted_p, F, m = levels
     safe_F = torch.where(F > 0, F, torch.ones_like(F))
     top = torch.exp(n * torch.log(safe_F)) * -torch.expm1(n * torch.log1p(-(m / safe_F).clamp(max=1.0)))
     share = torch.where(m > 0, sorted_p / torch.where(m > 0, m, torch.ones_like(m)), torch.zeros_like(m))
     out_sorted = torch.where(m > 0, top * share, torch.zeros_like(top))
-    return torch.zeros_like(p).scatter(-1, order, out_sorted)
+    order = order.expand(out_sorted.shape)
+    return torch.zeros_like(out_sorted).scatter(-1, order, out_sorted)
 
 
 def bon_kl_bound(n: int) -> float:
