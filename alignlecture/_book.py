@@ -35,3 +35,21 @@ def install_cell(url: str | None = None, version: str = __version__) -> str:
         "        check=True,\n"
         "    )"
     )
+
+
+def source(obj) -> str:
+    """The source code of a package function or class, exactly as it is in ``alignlecture/``."""
+    import inspect
+
+    try:
+        return inspect.getsource(obj).rstrip("\n")
+    except (TypeError, OSError) as exc:
+        raise TypeError(f"show_source needs a function or class defined in a source file; got {obj!r}") from exc
+
+
+def show_source(obj):
+    """Display the implementation of ``obj`` beside its equation (a Markdown code block taken from the source)."""
+    from IPython.display import Markdown, display
+
+    module = getattr(obj, "__module__", "") or ""
+    display(Markdown(f"`{module}.{obj.__qualname__}`\n\n```python\n{source(obj)}\n```"))

@@ -37,3 +37,33 @@ def random_cases(make: Callable[[torch.Generator], tuple], n: int = 20, seed: in
     """n seeded input tuples from ``make(generator)``."""
     gen = torch.Generator().manual_seed(seed)
     return [make(gen) for _ in range(n)]
+
+
+NOT_ATTEMPTED = "not attempted yet"
+
+
+def check_exercise(
+    candidate: Callable | None,
+    reference: Callable,
+    cases: Sequence[tuple],
+    *,
+    name: str = "your function",
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+) -> str:
+    """Grade a reader's exercise: "not attempted yet …" for a stub, "✓ …" when it matches, AssertionError else.
+
+    A stub is ``None`` or a function whose body still raises ``NotImplementedError``; the page builds with it,
+    and the message says what to do. Any other answer is compared with ``reference`` on every case.
+    """
+    if candidate is None:
+        return f"{NOT_ATTEMPTED}: write {name} in the cell above and run this cell again"
+    if not cases:
+        raise ValueError("cases is empty; give at least one input tuple")
+    try:
+        candidate(*cases[0])
+    except NotImplementedError:
+        return f"{NOT_ATTEMPTED}: replace the `raise NotImplementedError` in {name} and run this cell again"
+    except Exception:  # a real error: let check_function report it with its case
+        pass
+    return check_function(candidate, reference, cases, rtol=rtol, atol=atol, name=name)

@@ -79,3 +79,19 @@ def gap_closed(
         lambda idx: (s[idx] - u[idx]).mean(dim=1) / (t[idx] - u[idx]).mean(dim=1), u.numel(), level, num, generator
     )
     return float((s.mean() - u.mean()) / (t.mean() - u.mean())), low, high
+
+
+def verdict(low: float, high: float, *, up: str = "rises", down: str = "falls", flat: str = "is within noise") -> str:
+    """The verb an interval supports for an effect: ``up`` if it lies above 0, ``down`` if below, else ``flat``.
+
+    Chapters glue this word into their sentences, so the text can never claim more than the interval shows:
+    ``verdict(*bootstrap_mean(gain)[1:])`` → "rises" only when the whole interval is positive.
+    """
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError(f"need a finite interval with low ≤ high; got ({low}, {high})")
+    if low > 0:
+        return up
+    if high < 0:
+        return down
+    return flat

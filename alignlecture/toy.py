@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ._checks import positive_finite
+
 EOS = 0
 DTYPE = torch.float64
 
@@ -282,21 +284,25 @@ class ToyWorld:
         )
 
 
-def machine_precision(err: float, tol: float = 1e-12) -> str:
-    """'< 1e-12 ✓' when an exact identity's error is at float64 round-off, else the error and ✗ (for printing)."""
+def machine_precision(err: float, tol: float = 1e-12, what: str = "") -> str:
+    """'< 1e-12 ✓' when an exact identity's error is at float64 round-off; raises AssertionError otherwise.
+
+    The text is what a chapter prints, so a printed ✓ always comes from a check that would stop the page.
+    ``what`` names the identity checked, for the error message.
+    """
     err = float(err)
-    return f"< {tol:.0e} ✓" if abs(err) < tol else f"{err:.3e} ✗ (tolerance {tol:.0e})"
+    if not math.isfinite(err) or abs(err) > tol:
+        label = f" for {what}" if what else ""
+        raise AssertionError(
+            f"exact identity{label} fails: error {err:.3e} exceeds the tolerance {tol:.0e}"
+            + ("" if not math.isfinite(err) else f" by a factor {abs(err) / tol:.3g}")
+        )
+    return f"< {tol:.0e} ✓"
 
 
 def check_beta(beta: float) -> float:
     """β must be a positive finite number (the KL coefficient)."""
-    try:
-        ok = float(beta) > 0 and math.isfinite(float(beta))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"beta must be a positive finite number (the KL coefficient); got {beta!r}")
-    return float(beta)
+    return positive_finite(beta, "beta", "the KL coefficient")
 
 
 class TabularPolicy:

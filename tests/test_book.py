@@ -241,3 +241,23 @@ def test_book_builds_without_warnings_with_footnotes_and_mathjax(tmp_path):
     assert latex_outputs > 0
     assert page.count('class="output text_latex math') == latex_outputs
     assert "\\begin{aligned}" in page
+
+
+def _measured(markdown: str, allowed=()):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from check_notebooks import measured_numbers
+
+    return measured_numbers(markdown, allowed)
+
+
+def test_prose_numbers_must_be_glued_or_in_math():
+    assert _measured("The gap closes to 0.12, about 87 % of it, 3× faster, 250 times smaller.") == [
+        "0.12", "87 %", "3×", "250 times"
+    ]
+    # glued, in math, in code, in a link target or a role: not prose
+    assert _measured(
+        "Gain {glue:text}`gain` at $\\beta = 0.1$, `lr=2e-4`, [paper](https://x.org/2409.19605), {cite}`a2024`.\n"
+        "$$\\ln 2 \\approx 0.693$$\n```python\nx = 0.5\n```"
+    ) == []
+    assert _measured("Chapter 3 uses 20 prompts.") == []  # counts and section numbers are not measurements
+    assert _measured("The slide's w = (0.5, 0.8)", allowed=["0.5", "0.8"]) == []

@@ -67,3 +67,16 @@ def test_gap_closed_refuses_unpaired_scores_and_a_zero_gap():
         gap_closed([0.0, 1.0], [0.0, 1.0, 2.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="no gap to close"):
         gap_closed([0.0, 1.0], [0.5, 0.5], [1.0, 0.0])
+
+
+def test_verdict_follows_the_interval_not_the_point_estimate():
+    from alignlecture.stats import verdict
+
+    assert verdict(0.01, 0.3) == "rises"
+    assert verdict(-0.3, -0.01) == "falls"
+    assert verdict(-0.01, 0.3) == "is within noise"
+    assert verdict(0.0, 0.3, up="closes the gap", flat="is not distinguishable from zero") == (
+        "is not distinguishable from zero"
+    )
+    with pytest.raises(ValueError, match="low ≤ high"):
+        verdict(0.3, 0.1)

@@ -459,13 +459,17 @@ def test_along_paths_rejects_a_wrong_shape():
         world.along_paths(torch.zeros(5))
 
 
-def test_machine_precision_passes_round_off_and_flags_a_real_error():
+def test_machine_precision_passes_round_off_and_raises_on_a_real_error():
     from alignlecture.toy import machine_precision
 
     assert machine_precision(3e-16) == "< 1e-12 ✓"
     assert machine_precision(-3e-16) == "< 1e-12 ✓"
-    assert "✗" in machine_precision(2e-9) and "2.000e-09" in machine_precision(2e-9)
     assert machine_precision(1e-7, tol=1e-6) == "< 1e-06 ✓"
+    with pytest.raises(AssertionError, match=r"for the DPO optimum.*2\.000e-09.*1e-12"):
+        machine_precision(2e-9, what="the DPO optimum")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(AssertionError, match="exceeds the tolerance"):
+            machine_precision(bad)
 
 
 def test_prefix_logprobs_are_the_products_along_each_prefix():

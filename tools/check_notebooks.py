@@ -1,11 +1,19 @@
 """Static checks on the stored notebooks before a build or nbval run.
 
 Every notebook must: start with the generated Colab install cell, have every code cell executed, hold no
-error output. (That the stored outputs are what the code produces now is nbval's job.)
+error output, and state no measured number in its prose. (That the stored outputs are what the code produces
+now is nbval's job.)
+
+A measured number is a decimal (0.12, 1e-4), a percentage (87 %) or a multiple (3×, "250 times") written in a
+markdown cell outside math, code and glue roles: such a number must be glued from the cell that computes it
+(``{glue:text}`name` ``). Equation constants belong in math (``$\\ln 2$``). A literal that must stay in the
+prose (a setting quoted from a paper, say) is listed in the notebook's metadata
+``{"alignlecture": {"allowed_numbers": ["0.5"]}}``.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -15,12 +23,49 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from alignlecture._book import install_cell  # noqa: E402
 
 
+# What is not prose: fenced blocks, math, code spans, roles ({glue:text}`x`, {cite}`k`), link targets,
+# directive options, HTML comments and tags.
+_NOT_PROSE = [
+    re.compile(r"^(```|~~~)[\s\S]*?^\1", re.M),
+    re.compile(r"\$\$[\s\S]*?\$\$"),
+    re.compile(r"\$[^$\n]+\$"),
+    re.compile(r"\{[\w:-]+\}`[^`]*`"),
+    re.compile(r"`[^`\n]*`"),
+    re.compile(r"\]\([^)]*\)"),
+    re.compile(r"^:[\w-]+:.*$", re.M),
+    re.compile(r"<!--[\s\S]*?-->"),
+    re.compile(r"<[^>\n]+>"),
+]
+_MEASURED = re.compile(
+    r"(?<![\w.])(?:\d+\.\d+(?:e[-+]?\d+)?|\d+e[-+]?\d+|\d+(?:\.\d+)?\s?%|\d+(?:\.\d+)?\s?(?:×|x\b|times\b))",
+    re.I,
+)
+
+
+def measured_numbers(markdown: str, allowed=()) -> list[str]:
+    """The measured-looking numbers in a markdown cell's prose (see the module docstring), minus ``allowed``."""
+    text = markdown
+    for pattern in _NOT_PROSE:
+        text = pattern.sub(" ", text)
+    found = [m.group(0) for m in _MEASURED.finditer(text)]
+    return [f for f in found if f.strip() not in set(allowed) and re.match(r"[\d.]+", f).group(0) not in set(allowed)]
+
+
 def problems(path: Path) -> list[str]:
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     found = []
     if not code or code[0].source != install_cell():
         found.append("first code cell is not the generated Colab install cell (run `make notebooks`)")
+    allowed = nb.metadata.get("alignlecture", {}).get("allowed_numbers", [])
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "markdown"):
+        numbers = measured_numbers(cell.source, allowed)
+        if numbers:
+            found.append(
+                f"markdown cell {i} states {', '.join(map(repr, numbers))} in its prose: glue the number from the cell "
+                "that computes it ({glue:text}`name`), put a constant in math, or list it in the notebook metadata "
+                "alignlecture.allowed_numbers"
+            )
     for i, cell in enumerate(code):
         if cell.execution_count is None and cell.source.strip():
             found.append(f"code cell {i} was never executed (run `make notebooks`)")

@@ -1,0 +1,113 @@
+"""Argument checks shared by every module, so that the math functions stay as short as the equations.
+
+Each check raises ``ValueError`` naming the argument, the bad value and what to pass instead, and returns the
+cleaned value (a float, an int, a float64 tensor) so a caller can write ``beta = positive_finite(beta, "beta")``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def _why(meaning: str) -> str:
+    return f" ({meaning})" if meaning else ""
+
+
+def positive_finite(value, name: str, meaning: str = "") -> float:
+    """A positive finite real number, e.g. β, a temperature, a learning rate."""
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive finite number{_why(meaning)}; got {value!r}")
+    return float(value)
+
+
+def finite_number(value, name: str, meaning: str = "") -> float:
+    """Any finite real number (it may be zero or negative), e.g. a mixing weight α."""
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite number{_why(meaning)}; got {value!r}")
+    return float(value)
+
+
+def positive_int(value, name: str, minimum: int = 1, meaning: str = "") -> int:
+    """An integer ≥ ``minimum`` (booleans and floats like 2.5 are refused; 3.0 is accepted as 3)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    try:
+        ok = ok and float(value) == int(value) and int(value) >= minimum
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}{_why(meaning)}; got {value!r}")
+    return int(value)
+
+
+def finite(x, name: str, *, allow_neg_inf: bool = False) -> torch.Tensor:
+    """A float64 tensor with no NaN and no ±inf (−inf allowed for log-probabilities when ``allow_neg_inf``)."""
+    t = torch.as_tensor(x, dtype=torch.float64)
+    bad = torch.isnan(t) | (t == math.inf) if allow_neg_inf else ~torch.isfinite(t)
+    if bool(bad.any()):
+        where = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"{name} must be finite{' (−inf allowed)' if allow_neg_inf else ''}; got {t[bad][:3].tolist()} "
+            f"(first at index {where}); remove or replace those entries"
+        )
+    return t
+
+
+def same_shape(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:
+    """Two tensors that must line up entry by entry."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def same_length(sizes: Sequence[int], names: Sequence[str]) -> None:
+    """Several sequences that must have one entry each for the same items."""
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{n}: {s}" for n, s in zip(names, sizes))
+        raise ValueError(f"{', '.join(names)} must have the same length (one entry per item); got {listed}")
+
+
+def probability_vector(p, name: str = "probs", atol: float = 1e-9) -> torch.Tensor:
+    """A float64 vector of non-negative numbers summing to 1 within ``atol`` (along the last dimension)."""
+    t = finite(p, name)
+    if bool((t < 0).any()):
+        raise ValueError(f"{name} must be non-negative probabilities; got {t[t < 0][:3].tolist()} among them")
+    total = t.sum(dim=-1)
+    if bool(((total - 1).abs() > atol).any()):
+        raise ValueError(
+            f"{name} must sum to 1 (within {atol:g}); got sums {total.reshape(-1)[:3].tolist()} — normalise it first"
+        )
+    return t
+
+
+def one_of(value, name: str, choices: Iterable[str]) -> str:
+    """A name from a fixed list, e.g. a loss type or a sampler."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def nonzero_norms(norms: torch.Tensor, name: str) -> torch.Tensor:
+    """Norms that will divide something: every entry must be > 0 (a zero gradient has no direction)."""
+    zero = norms <= 0
+    if bool(zero.any()):
+        where = zero.nonzero()[0].tolist()
+        raise ValueError(
+            f"{name} is 0 at index {where}: a zero gradient has no direction to normalize. The response's "
+            "log-prob is stationary there (e.g. its probability is 1, or the parameters do not reach it); drop "
+            "that pair or use the plain DPO direction for it"
+        )
+    return norms

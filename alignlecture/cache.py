@@ -1,0 +1,56 @@
+"""Results worth keeping between runs — pools of sampled generations, scored features — cached like the zoo.
+
+``memo(kind, key, compute)`` runs ``compute()`` once for a given key and stores the result under
+``cache_dir()/kind/<hash>.pt`` (written to a temporary file, then renamed: a crash leaves nothing half
+written); later calls with the same key load it. The key must name everything the result depends on — model,
+prompts, seed, decoding settings — so that a changed experiment never reads an old result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def key_hash(key: dict) -> str:
+    """A short hash of a JSON-serialisable key (sorted, so dict order does not matter)."""
+    if not isinstance(key, dict):
+        raise TypeError(f"key must be a dict of the settings the result depends on; got {type(key).__name__}")
+    try:
+        blob = json.dumps(key, sort_keys=True, default=str).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"key must be JSON-serialisable (strings, numbers, lists, dicts); {exc}") from exc
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def path(kind: str, key: dict) -> Path:
+    """Where ``memo`` stores the result for ``key``."""
+    from .models import cache_dir
+
+    if not kind or "/" in kind or kind.startswith("."):
+        raise ValueError(f"kind must be a plain folder name such as 'generations'; got {kind!r}")
+    return cache_dir() / kind / f"{key_hash(key)}.pt"
+
+
+def memo(kind: str, key: dict, compute: Callable[[], object]):
+    """``compute()``'s result for ``key``: loaded from the cache, or computed now and stored atomically."""
+    target = path(kind, key)
+    if target.is_file():
+        return torch.load(target, weights_only=False)["value"]
+    value = compute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        torch.save({"key": key, "value": value}, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return value
