@@ -151,6 +151,22 @@ class _CachedModel:
         self.next_position = self.next_position + 1
         return logp
 
+    def branch(self, rows: torch.Tensor) -> "_CachedModel":
+        """A copy holding rows ``rows`` of this batch (repeats allowed), e.g. k lookahead branches per prompt.
+
+        The copy's KV cache starts as the selected rows of this one (the shared prefix is not recomputed) and
+        grows on its own: stepping the copy leaves this model's cache, mask and positions untouched.
+        """
+        import copy
+
+        twin = copy.copy(self)
+        twin.cache = copy.copy(self.cache)
+        twin.cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        rows = rows.to(self.mask.device)
+        twin.cache.batch_select_indices(rows)  # indexing makes new tensors: the original rows are not written to
+        twin.mask, twin.next_position = self.mask[rows], self.next_position[rows]
+        return twin
+
 
 @torch.inference_mode()
 def next_token_logprobs(policy, prompts: list[str], *, chat: bool = True) -> torch.Tensor:
