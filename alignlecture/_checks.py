@@ -111,3 +111,33 @@ def nonzero_norms(norms: torch.Tensor, name: str) -> torch.Tensor:
             "that pair or use the plain DPO direction for it"
         )
     return norms
+
+
+def outcome_distribution(p, name: str = "probs", atol: float = 1e-6) -> torch.Tensor:
+    """A distribution over at least one outcome along the last dim (``probability_vector`` within ``atol``),
+    renormalised so that it sums to 1 exactly (a caller's softmax may be off by round-off)."""
+    t = torch.as_tensor(p, dtype=torch.float64)
+    if t.dim() == 0 or t.shape[-1] == 0:
+        raise ValueError(f"{name} must have at least one outcome along its last dim; got shape {tuple(t.shape)}")
+    t = probability_vector(t, name, atol)
+    return t / t.sum(dim=-1, keepdim=True)
+
+
+def per_outcome(values, like: torch.Tensor, name: str = "rewards", *, finite_only: bool = False) -> torch.Tensor:
+    """One value per outcome of ``like`` (broadcasting allowed), never NaN (nor ±inf when ``finite_only``):
+    float64 with the shape of ``like``."""
+    v = torch.as_tensor(values, dtype=torch.float64)
+    try:
+        shape = torch.broadcast_shapes(v.shape, like.shape)
+    except RuntimeError:
+        shape = None
+    if shape != like.shape:
+        raise ValueError(
+            f"{name} {tuple(v.shape)} must have the shape of probs {tuple(like.shape)} (or broadcast to it): "
+            "one value per outcome"
+        )
+    if bool(torch.isnan(v).any()):
+        raise ValueError(f"{name} must not be NaN; got NaN at {torch.isnan(v).nonzero()[0].tolist()}")
+    if finite_only and not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} must be finite here (an infinite value has no tilted distribution); replace ±inf")
+    return v.expand(like.shape).contiguous()
