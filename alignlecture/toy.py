@@ -35,10 +35,10 @@ class ToyWorld:
         self.max_len = max_len
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         b = vocab_size - 1
-        self._branch = b
-        # offsets[k] = number of prefixes shorter than k; offsets[T] = P
-        self._offsets = [sum(b**j for j in range(k)) for k in range(max_len + 1)]
-        self.num_prefixes = self._offsets[max_len]
+        self.branch = b  # children of a prefix by a non-eos token
+        # offsets[k] = number of prefixes shorter than k = row of the first depth-k prefix; offsets[T] = P
+        self.offsets = [sum(b**j for j in range(k)) for k in range(max_len + 1)]
+        self.num_prefixes = self.offsets[max_len]
         self.num_responses = self.num_prefixes + b**max_len
         if self.num_responses > 50_000_000:
             raise ValueError(
@@ -46,13 +46,30 @@ class ToyWorld:
                 "that is too many to enumerate — choose a smaller vocabulary or max_len"
             )
         self.responses = self._enumerate()  # [N, T]
-        self._encoded = self._encode(self.responses)
-        self.lengths = self._encoded[1].sum(dim=1)  # [N] tokens scored per response (eos included)
+        self.encoded = self.encode(self.responses)  # (nodes [N, T], mask [N, T]) of every response
+        self.lengths = self.encoded[1].sum(dim=1)  # [N] tokens scored per response (eos included)
+
+    # The layout under its former private names (kept so older code keeps working).
+    _branch = property(lambda self: self.branch)
+    _offsets = property(lambda self: self.offsets)
+    _encoded = property(lambda self: self.encoded)
+
+    def child_index(self) -> torch.Tensor:
+        """Where each action leads, LongTensor [P, V]: column 0 (eos) is response i, column a ≥ 1 is node b·i + a.
+
+        A node j < P is the prefix row j; a node j ≥ P is the truncated response j. So with a per-node vector
+        ``torch.cat([values_of_prefixes [P], final_values[P:]])``, ``nodes[world.child_index()[:, 1:]]`` is the
+        value of every non-eos child (prefix i at depth k with code c has row offsets[k] + c; its child by token
+        a has row offsets[k+1] + b·c + a − 1 = b·i + a, because offsets[k+1] = 1 + b·offsets[k]).
+        """
+        rows = torch.arange(self.num_prefixes, device=self.device)[:, None]
+        tokens = torch.arange(1, self.vocab_size, device=self.device)[None, :]
+        return torch.cat([rows, self.branch * rows + tokens], dim=1)
 
     # ------------------------------------------------------------------ enumeration and encoding
     def _digits(self, k: int) -> torch.Tensor:
         """All k-token non-eos strings in lexicographic order, LongTensor [(V−1)^k, k]."""
-        b = self._branch
+        b = self.branch
         idx = torch.arange(b**k, device=self.device)
         powers = torch.tensor([b ** (k - 1 - j) for j in range(k)], device=self.device, dtype=torch.long)
         return (idx[:, None] // powers[None, :]) % b + 1 if k else idx[:, None][:, :0]
@@ -67,7 +84,7 @@ class ToyWorld:
             blocks.append(block)
         return torch.cat(blocks)
 
-    def _encode(self, responses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, responses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix node of every position and which positions are actions: (nodes [M, T], mask [M, T])."""
         if not isinstance(responses, torch.Tensor) or responses.dim() != 2 or responses.shape[1] != self.max_len:
             shape = tuple(responses.shape) if isinstance(responses, torch.Tensor) else type(responses).__name__
@@ -79,7 +96,7 @@ class ToyWorld:
             raise ValueError(
                 f"token ids must lie in [0, {self.vocab_size}); got values in [{int(y.min())}, {int(y.max())}]"
             )
-        T, b = self.max_len, self._branch
+        T, b = self.max_len, self.branch
         is_eos = y == EOS
         seen_eos = torch.cumsum(is_eos.long(), dim=1)  # eos count up to and including t
         before = torch.nn.functional.pad(seen_eos[:, :-1], (1, 0))  # eos count strictly before t
@@ -94,9 +111,11 @@ class ToyWorld:
         codes = torch.zeros_like(y)
         for t in range(1, T):
             codes[:, t] = codes[:, t - 1] * b + (y[:, t - 1] - 1).clamp(min=0)
-        offsets = torch.tensor(self._offsets[:T], device=self.device, dtype=torch.long)
+        offsets = torch.tensor(self.offsets[:T], device=self.device, dtype=torch.long)
         nodes = torch.where(mask, codes + offsets[None, :], torch.zeros_like(codes))
         return nodes, mask
+
+    _encode = encode  # former private name
 
     # ------------------------------------------------------------------ prefixes
     def prefix_index(self, prefix: Sequence[int]) -> int:
@@ -104,8 +123,8 @@ class ToyWorld:
         prefix = self.check_prefix(prefix)
         code = 0
         for tok in prefix:
-            code = code * self._branch + (tok - 1)
-        return self._offsets[len(prefix)] + code
+            code = code * self.branch + (tok - 1)
+        return self.offsets[len(prefix)] + code
 
     def check_prefix(self, prefix: Sequence[int]) -> tuple[int, ...]:
         """Validate a decision prefix and return it as a tuple of ints."""
@@ -138,7 +157,7 @@ class ToyWorld:
         if not isinstance(prefix_values, torch.Tensor) or prefix_values.shape != (self.num_prefixes,):
             shape = tuple(prefix_values.shape) if isinstance(prefix_values, torch.Tensor) else type(prefix_values).__name__
             raise ValueError(f"prefix_values must be a Tensor [num_prefixes={self.num_prefixes}]; got {shape}")
-        nodes, mask = self._encoded
+        nodes, mask = self.encoded
         per_step = prefix_values.to(device=self.device, dtype=DTYPE)[nodes]  # [N, T]
         return torch.where(mask, per_step, torch.zeros_like(per_step)).sum(dim=1)
 
@@ -162,12 +181,12 @@ class ToyWorld:
         y = torch.as_tensor(list(int(t) for t in response), dtype=torch.long, device=self.device)
         if y.numel() != self.max_len:
             y = torch.nn.functional.pad(y, (0, self.max_len - y.numel())) if y.numel() < self.max_len else y
-        nodes, mask = self._encode(y[None, :])
+        nodes, mask = self.encode(y[None, :])
         k = int(mask.sum()) - 1  # last action position
         if int(y[k]) == EOS:
             return int(nodes[0, k])  # eos-terminated: same number as its prefix
-        code = int(nodes[0, k]) - self._offsets[k]
-        return self.num_prefixes + code * self._branch + int(y[k]) - 1
+        code = int(nodes[0, k]) - self.offsets[k]
+        return self.num_prefixes + code * self.branch + int(y[k]) - 1
 
     # ------------------------------------------------------------------ checking inputs
     def check_values(self, values: torch.Tensor, name: str, *, allow_neg_inf: bool = False) -> torch.Tensor:
@@ -213,7 +232,7 @@ class ToyWorld:
 
     def policy_sequence_logprobs(self, log_table: torch.Tensor) -> torch.Tensor:
         """log π(y) of every response for a raw [P, V] log table — differentiable, for training on the toy world."""
-        nodes, mask = self._encoded
+        nodes, mask = self.encoded
         per_token = log_table[nodes, self.responses]  # [N, T]
         return torch.where(mask, per_token, torch.zeros_like(per_token)).sum(dim=1)
 
@@ -226,7 +245,7 @@ class ToyWorld:
         logp = self.check_values(logp, "logp", allow_neg_inf=True)
         if bool(torch.isinf(logp).all()):
             raise ValueError("logp is −inf for every response; at least one response needs positive probability")
-        T, b, off = self.max_len, self._branch, self._offsets
+        T, b, off = self.max_len, self.branch, self.offsets
         below = logp[self.num_prefixes :]  # log Z of the depth-T (truncated) nodes
         tables = []
         for k in reversed(range(T)):
@@ -334,16 +353,16 @@ class TabularPolicy:
     def logprobs(self, responses: torch.Tensor) -> torch.Tensor:
         """Exact log π(y) = Σ_t log π(y_t | y_<t) for each row of ``responses`` [M, T], Tensor [M]."""
         if responses is self.world.responses:
-            nodes, mask = self.world._encoded
+            nodes, mask = self.world.encoded
         else:
-            nodes, mask = self.world._encode(responses)
+            nodes, mask = self.world.encode(responses)
             responses = responses.to(device=self.world.device, dtype=torch.long)
         per_token = self.log_table[nodes, responses]  # [M, T]
         return torch.where(mask, per_token, torch.zeros_like(per_token)).sum(dim=1)
 
     def prefix_logprobs(self) -> torch.Tensor:
         """log π(s) = Σ_t log π(s_t | s_<t) of reaching every decision prefix s, in table order, Tensor [P]."""
-        w, off = self.world, self.world._offsets
+        w, off = self.world, self.world.offsets
         reach = torch.zeros(1, dtype=DTYPE, device=w.device)  # log-prob of reaching each depth-k prefix
         parts = []
         for k in range(w.max_len):
@@ -355,7 +374,7 @@ class TabularPolicy:
         """log π(y) for every response of the world in ``world.responses`` order, Tensor [N] (top-down)."""
         reach = self.prefix_logprobs()
         ended = reach + self.log_table[:, EOS]  # response i < P: prefix i, then eos
-        last = slice(self.world._offsets[-2], self.world._offsets[-1])  # depth max_len − 1
+        last = slice(self.world.offsets[-2], self.world.offsets[-1])  # depth max_len − 1
         truncated = (reach[last, None] + self.log_table[last, 1:]).reshape(-1)
         return torch.cat([ended, truncated])
 
