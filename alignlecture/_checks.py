@@ -141,3 +141,11 @@ def per_outcome(values, like: torch.Tensor, name: str = "rewards", *, finite_onl
     if finite_only and not bool(torch.isfinite(v).all()):
         raise ValueError(f"{name} must be finite here (an infinite value has no tilted distribution); replace ±inf")
     return v.expand(like.shape).contiguous()
+
+
+def shaped(x, shape: Sequence[int], name: str, *, allow_neg_inf: bool = False, meaning: str = "") -> torch.Tensor:
+    """A float64 tensor of exactly ``shape`` with no NaN or +inf (−inf allowed when ``allow_neg_inf``)."""
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(shape):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a Tensor of shape {list(shape)}{_why(meaning)}; got {got}")
+    return finite(x, name, allow_neg_inf=allow_neg_inf)
