@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sympy as sp
 
-from alignlecture.derivations import Derivation, DerivationError, check_identity, derive, sigma
+from alignlecture.derivations import Derivation, DerivationError, Lemma, check_identity, derive, log_rules, sigma
 
 a, b = sp.symbols("a b", positive=True)
 x = sp.Symbol("x", real=True)
@@ -100,53 +100,148 @@ def test_dpo_style_log_ratio_rewrite_verifies():
     Derivation("dpo reward", start).step(r, "solve the optimum for r")
 
 
-def test_proof_callable_returning_true_passes_and_is_recorded():
-    def by_am_gm(previous, new):
-        return True
-
-    d = Derivation("inequality", (a + b) / 2).step(sp.sqrt(a * b), "AM ≥ GM", proof=by_am_gm)
-    assert d.steps[-1].checked_by == "proof: by_am_gm"
-    assert d.result == sp.sqrt(a * b)
+def am_gm_square():
+    """(a + b)/2 − √(ab) written as a square, the reason AM ≥ GM."""
+    return (sp.sqrt(a) - sp.sqrt(b)) ** 2 / 2
 
 
-def test_proof_callable_returning_sympy_true_passes():
-    d = Derivation("sympy true", a).step(a + b, "bigger", proof=lambda prev, new: sp.Gt(new, prev))
-    assert d.result == a + b
+def test_am_gm_is_an_inequality_proved_by_a_relation_on_its_gap():
+    d = Derivation("AM-GM", (a + b) / 2).step(
+        sp.sqrt(a * b), "the gap is a square", sp.Ge(am_gm_square(), 0, evaluate=False), relation=">="
+    )
+    assert d.steps[-1].relation == ">="
+    assert d.steps[-1].checked_by.startswith("relation: ")
+    assert d.relation == ">="
 
 
-def test_proof_receives_previous_and_new_expressions():
+def test_the_false_equality_am_equals_gm_is_refused_whatever_the_proof():
+    for proof in (None, sp.Ge(am_gm_square(), 0, evaluate=False), sp.Eq(am_gm_square(), 0, evaluate=False)):
+        with pytest.raises(DerivationError, match="does not follow"):
+            Derivation("AM = GM?", (a + b) / 2).step(sp.sqrt(a * b), "AM = GM", proof)
+
+
+def test_inequality_steps_render_as_le_and_ge_not_equals():
+    d = (
+        Derivation("bounds", x**2 + 2, lhs=sp.Symbol("f"))
+        .step(x**2 + 1, "drop 1", relation=">=")
+        .step(x**2, "drop another 1", relation=">")
+    )
+    latex = d._repr_latex_()
+    assert "&\\ge x^{2} + 1" in latex and "&> x^{2}" in latex
+    assert latex.count("&=") == 1  # only the start
+    assert "  ≥ x**2 + 1" in repr(d) and "  > x**2" in repr(d)
+    assert d.relation == ">"
+    up = Derivation("up", x**2).step(x**2 + 1, "add 1", relation="≤")
+    assert "\\le" in up._repr_latex_() and "  ≤ x**2 + 1" in repr(up)
+
+
+def test_inequality_without_proof_is_settled_by_the_symbols_assumptions():
+    Derivation("square", (x - 1) ** 2 + 3).step(sp.Integer(3), "a square is ≥ 0", relation=">=")
+    with pytest.raises(DerivationError, match="sympy cannot decide its sign"):
+        Derivation("wrong way", (x - 1) ** 2 + 3).step(sp.Integer(3), "reversed", relation="<")
+    with pytest.raises(DerivationError, match="cannot decide"):
+        Derivation("unknown sign", x).step(sp.Integer(0), "x ≥ 0?", relation=">=")
+
+
+def test_relation_about_another_gap_does_not_prove_the_step():
+    true_but_unrelated = sp.Ge(b**2, 0, evaluate=False)
+    with pytest.raises(DerivationError, match="does not follow"):
+        Derivation("AM-GM", (a + b) / 2).step(sp.sqrt(a * b), "unrelated", true_but_unrelated, relation=">=")
+
+
+def test_a_relation_sympy_already_evaluated_says_nothing_about_the_step():
+    with pytest.raises(DerivationError, match="evaluate=False"):
+        Derivation("AM-GM", (a + b) / 2).step(sp.sqrt(a * b), "evaluated", sp.Ge(am_gm_square(), 0), relation=">=")
+
+
+def test_a_non_strict_proof_cannot_prove_a_strict_step():
+    with pytest.raises(DerivationError, match="does not follow"):
+        Derivation("AM-GM", (a + b) / 2).step(
+            sp.sqrt(a * b), "strict?", sp.Ge(am_gm_square(), 0, evaluate=False), relation=">"
+        )
+
+
+def test_a_chain_going_both_up_and_down_is_refused():
+    d = Derivation("zigzag", x**2 + 1).step(x**2, "drop 1", relation=">=")
+    with pytest.raises(DerivationError, match="both ≤ and ≥"):
+        d.step(x**2 + 5, "add 5", relation="<=")
+    assert d.relation == ">="
+
+
+def test_unknown_relation_is_rejected():
+    with pytest.raises(ValueError, match="relation must be one of"):
+        Derivation("rel", a).step(a, "same", relation="~")
+
+
+@pytest.mark.parametrize("proof", [lambda prev, new: True, lambda prev, new: sp.true])
+def test_a_bare_callable_proof_is_refused_because_it_could_say_yes_to_anything(proof):
+    with pytest.raises(TypeError, match="proof must be a Lemma"):
+        Derivation("AM = GM", (a + b) / 2).step(sp.sqrt(a * b), "trust me", proof)
+
+
+def test_non_callable_proof_is_a_type_error():
+    with pytest.raises(TypeError, match="proof must be None, a Lemma or a sympy relation"):
+        Derivation("typed", a).step(a, "same", proof="trust me")
+
+
+def test_a_lemma_that_accepts_everything_cannot_be_made():
+    with pytest.raises(ValueError, match="accepts its counterexample"):
+        Lemma("yes-man", "anything goes", lambda prev, new: True, example=(a, a), counterexample=(a, a + 1))
+
+
+def test_a_lemma_that_rejects_its_own_example_cannot_be_made():
+    with pytest.raises(ValueError, match="rejects its own example"):
+        Lemma("no-man", "nothing goes", lambda prev, new: False, example=(a, a), counterexample=(a, a + 1))
+
+
+def test_log_rules_lemma_proves_the_chain_rule_steps_of_chapters_3_and_5():
+    w1, w2 = sp.symbols("w_1 w_2", real=True)
+    p1, p2 = sp.symbols("p1_0:3", positive=True), sp.symbols("p2_0:3", positive=True)
+    d = Derivation("log of the product", sp.log(sp.Mul(*p1) ** w1 * sp.Mul(*p2) ** w2))
+    d.step(w1 * sp.log(sp.Mul(*p1)) + w2 * sp.log(sp.Mul(*p2)), "log of a power and of a product", log_rules)
+    d.step(sum(w1 * sp.log(u) + w2 * sp.log(v) for u, v in zip(p1, p2)), "chain rule", log_rules)
+    assert [s.checked_by for s in d.steps[1:]] == ["lemma: log_rules"] * 2
+
+
+def test_log_rules_lemma_refuses_the_log_of_a_sum_and_real_symbols():
+    with pytest.raises(DerivationError, match="does not follow"):
+        Derivation("log of a sum", sp.log(a + b)).step(sp.log(a) + sp.log(b), "log of a sum?", log_rules)
+    with pytest.raises(DerivationError, match="does not follow"):
+        Derivation("real power", sp.log(x**2)).step(2 * sp.log(x), "x may be negative", log_rules)
+
+
+def test_a_lemma_proves_only_steps_of_its_own_relation():
+    with pytest.raises(DerivationError, match="proves a '=' step"):
+        Derivation("rel", sp.log(a * b)).step(sp.log(a) + sp.log(b), "log rule as ≥?", log_rules, relation=">=")
+
+
+def test_a_lemma_receives_previous_and_new_expressions():
     seen = []
 
     def record(previous, new):
         seen.append((previous, new))
-        return True
+        return previous == new
 
-    Derivation("args", a).step(b, "swap", proof=record)
-    assert seen == [(a, b)]
-
-
-@pytest.mark.parametrize("verdict", [False, sp.false, None, 1, "yes"])
-def test_proof_callable_not_returning_true_raises(verdict):
-    with pytest.raises(DerivationError, match=r"derivation 'strict', step 1 \('claimed'\) does not follow"):
-        Derivation("strict", a).step(a + 1, "claimed", proof=lambda prev, new: verdict)
+    same = Lemma("same", "identical expressions", record, example=(a, a), counterexample=(a, b))
+    Derivation("args", a).step(a, "same", same)
+    assert seen[-1] == (a, a)
 
 
-def test_non_callable_proof_is_a_type_error():
-    with pytest.raises(TypeError, match="proof must be None or a callable"):
-        Derivation("typed", a).step(a, "same", proof="trust me")
-
-
-def test_derive_builds_the_same_chain_and_accepts_proof_triples():
+def test_derive_builds_the_same_chain_and_accepts_proofs_and_relations():
     d = derive(
         "helper",
         sp.log(a * b),
         (sp.log(a) + sp.log(b), "expand"),
-        (sp.log(a) + sp.log(b) + 1, "upper bound", lambda prev, new: True),
+        (sp.log(a) + sp.log(b), "log rules", log_rules),
+        (sp.log(a) + sp.log(b) - b**2, "subtract a square", None, ">="),
         lhs=sp.Symbol("y"),
     )
-    assert [s.reason for s in d.steps[1:]] == ["expand", "upper bound"]
-    assert d.steps[2].checked_by.startswith("proof: ")
+    assert [s.reason for s in d.steps[1:]] == ["expand", "log rules", "subtract a square"]
+    assert d.steps[2].checked_by == "lemma: log_rules"
+    assert d.steps[3].relation == ">="
     assert d.lhs == sp.Symbol("y")
+    with pytest.raises(ValueError, match="each step is"):
+        derive("bad", a, (a,))
 
 
 def test_derive_raises_on_a_wrong_step():
@@ -170,9 +265,9 @@ def test_check_identity_true_and_false():
 
 
 # ---------------------------------------------------------------------------------------------- soundness
-# The module promises that log/exp/power rewrites are applied to *positive* symbols. It uses
-# expand_log(force=True), powsimp(force=True) and logcombine(force=True), which ignore assumptions,
-# so false identities over real or complex symbols verify.
+# The module promises that log/exp/power rewrites are applied to *positive* symbols only. An earlier version
+# used expand_log(force=True), powsimp(force=True) and logcombine(force=True), which ignore assumptions and
+# let false identities over real or complex symbols verify; these tests keep that from coming back.
 z, w = sp.symbols("z w")  # no assumptions: complex
 
 
