@@ -11,12 +11,12 @@ and KL(π_n ‖ π) ≤ log n − (n − 1)/n, with equality in the limit of a c
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ._checks import outcome_distribution, per_outcome, positive_int, same_shape
 from .models import Policy, generate
 from .toy import check_beta
 
@@ -24,56 +24,25 @@ PROB_ATOL = 1e-6  # how far from 1 a distribution's total may be
 
 
 def check_n(n) -> int:
-    """n must be an int ≥ 1 (the number of samples)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n must be an int ≥ 1 (the number of samples); got {n!r}")
-    return int(n)
+    """n must be an integer ≥ 1 (the number of samples)."""
+    return positive_int(n, "n", meaning="the number of samples")
 
 
 def _check_probs(probs, name: str = "probs") -> torch.Tensor:
-    p = torch.as_tensor(probs, dtype=torch.float64)
-    if p.dim() == 0 or p.shape[-1] == 0:
-        raise ValueError(f"{name} must have at least one outcome along its last dim; got shape {tuple(p.shape)}")
-    if bool(torch.isnan(p).any()) or bool((p < 0).any()):
-        raise ValueError(f"{name} must be non-negative and not NaN; got min {float(p.min())}")
-    total = p.sum(dim=-1)
-    err = float((total - 1).abs().max())
-    if not err <= PROB_ATOL:
-        raise ValueError(
-            f"{name} must sum to 1 along the last dim (tolerance {PROB_ATOL}); a total is off by {err:.3g}; "
-            f"pass probs / probs.sum(-1, keepdim=True)"
-        )
-    return p / total[..., None]
+    return outcome_distribution(probs, name, atol=PROB_ATOL)
 
 
-def _check_rewards(rewards, p: torch.Tensor, *, finite: bool = False) -> torch.Tensor:
-    """One reward per outcome of ``p`` (broadcasting allowed), not NaN (nor ±inf when ``finite``), float64 like p."""
-    r = torch.as_tensor(rewards, dtype=torch.float64)
-    try:
-        shape = torch.broadcast_shapes(r.shape, p.shape)
-    except RuntimeError:
-        shape = None
-    if shape != p.shape:
-        raise ValueError(
-            f"rewards {tuple(r.shape)} must have the shape of probs {tuple(p.shape)} (or broadcast to it): "
-            "one reward per outcome"
-        )
-    if bool(torch.isnan(r).any()):
-        raise ValueError(f"rewards must not be NaN; got NaN at {torch.isnan(r).nonzero()[0].tolist()}")
-    if finite and not bool(torch.isfinite(r).all()):
-        raise ValueError("rewards must be finite here (an infinite reward has no tilted distribution)")
-    return r.expand(p.shape).contiguous()
+def _check_rewards(rewards, p: torch.Tensor, *, finite: bool = False, name: str = "rewards") -> torch.Tensor:
+    return per_outcome(rewards, p, name, finite_only=finite)
 
 
 def bon_distribution(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torch.Tensor:
-    """Exact distribution π_n of the best of n i.i.d. draws from ``probs`` ranked by ``rewards`` (ties: uniform).
+    """π_n(y) = [F(y)^n − F⁻(y)^n]·π(y)/π(r = r(y)): best of n draws from ``probs`` by ``rewards``, ties uniform.
 
     ``probs`` [..., K] sums to 1 along the last dim; ``rewards`` [..., K] (or anything broadcasting to it).
-    Returns float64 [..., K]. Computed as F^n·(1 − (1 − m/F)^n) with m = π(r = r(y)) the tie-level mass, via
-    log1p/expm1, so it stays accurate for large n and tiny outcome probabilities.
+    Returns float64 [..., K].
     """
-    n = check_n(n)
-    p = _check_probs(probs)
+    n, p = check_n(n), _check_probs(probs)
     return _bon_from_levels(_tie_levels(p, _check_rewards(rewards, p)), n)
 
 
@@ -101,9 +70,14 @@ def _tie_levels(p: torch.Tensor, r: torch.Tensor):
 
 
 def _bon_from_levels(levels, n) -> torch.Tensor:
-    """π_n from ``_tie_levels``; ``n`` an int or a float64 Tensor [L, 1…] (then the result is [L, ..., K])."""
+    """π_n from ``_tie_levels``; ``n`` an int or a float64 Tensor [L, 1…] (then the result is [L, ..., K]).
+
+    F^n − F⁻^n with F⁻ = F − m is computed as F^n·(1 − (1 − m/F)^n) through log1p/expm1, so it stays accurate
+    for large n and tiny outcome probabilities (no cancellation between two numbers close to 1).
+    """
     order, sorted_p, F, m = levels
     safe_F = torch.where(F > 0, F, torch.ones_like(F))
+    # F^n − F⁻^n
     top = torch.exp(n * torch.log(safe_F)) * -torch.expm1(n * torch.log1p(-(m / safe_F).clamp(max=1.0)))
     share = torch.where(m > 0, sorted_p / torch.where(m > 0, m, torch.ones_like(m)), torch.zeros_like(m))
     out_sorted = torch.where(m > 0, top * share, torch.zeros_like(top))
@@ -117,11 +91,26 @@ def bon_kl_bound(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
+def sample_best_of_n(
+    probs: torch.Tensor, rewards: torch.Tensor, n: int, trials: int, *, generator: torch.Generator
+) -> torch.Tensor:
+    """Best-of-n the slow way: ``trials`` times draw n outcomes from ``probs`` [K], keep the highest-reward one
+    (ties: uniformly among the tied draws). Returns the chosen outcomes' indices, long [trials]."""
+    n, p = check_n(n), _check_probs(probs)
+    r = _check_rewards(rewards, p)
+    if p.dim() != 1:
+        raise ValueError(f"sample_best_of_n takes one distribution [K]; got shape {tuple(p.shape)}")
+    trials = positive_int(trials, "trials")
+    draws = torch.multinomial(p.expand(trials, -1), n, replacement=True, generator=generator)  # [trials, n]
+    is_best = r[draws] == r[draws].max(dim=1, keepdim=True).values
+    pick = torch.argmax(torch.rand(trials, n, generator=generator, dtype=torch.float64) * is_best, dim=1)
+    return draws[torch.arange(trials), pick]
+
+
 def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q) = Σ p log(p/q) over the last dim, with 0·log 0 = 0 and +inf where p > 0 = q, float64 [...]."""
     p, q = _check_probs(p, "p"), _check_probs(q, "q")
-    if p.shape != q.shape:
-        raise ValueError(f"p {tuple(p.shape)} and q {tuple(q.shape)} must have the same shape")
+    same_shape(p, q, ("p", "q"))
     terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p))
     return terms.sum(dim=-1).clamp(min=0.0)  # KL ≥ 0 (Gibbs); round-off can leave −1e-17 for p = q
 
@@ -139,26 +128,42 @@ def _tilt(p: torch.Tensor, r: torch.Tensor, inverse_beta: float) -> torch.Tensor
     return torch.softmax(logits, dim=-1)
 
 
+MAX_DOUBLINGS = 200  # tilt_to_kl's search for an upper end λ ≤ 2^200 before it gives up
+
+
+def kl_ceiling(probs: torch.Tensor, scores: torch.Tensor) -> float:
+    """−log π(argmax score set): the largest KL any tilt π ∝ π·exp(λ·score) approaches (λ → ∞), never reaches."""
+    p = _check_probs(probs)
+    g = _check_rewards(scores, p, finite=True, name="scores")
+    top = (g == g[p > 0].max()) & (p > 0)
+    return -math.log(float(p[top].sum()))
+
+
 def tilt_to_kl(probs: torch.Tensor, scores: torch.Tensor, kl: float, *, tol: float = 1e-12) -> torch.Tensor:
     """The tilt π ∝ π·exp(λ·score) whose KL(· ‖ π) equals ``kl`` (λ ≥ 0 found by bisection; KL grows with λ).
 
     The largest reachable KL is −log π(argmax score set) (λ → ∞); asking for more is an error.
     """
     p = _check_probs(probs)
-    g = _check_rewards(scores, p, finite=True)
+    g = _check_rewards(scores, p, finite=True, name="scores")
     if p.dim() != 1:
         raise ValueError(f"tilt_to_kl takes one distribution [K]; got shape {tuple(p.shape)}")
-    kl = float(kl)
-    top = (g == g[p > 0].max()) & (p > 0)
-    ceiling = -math.log(float(p[top].sum()))
+    kl, ceiling = float(kl), kl_ceiling(p, g)
     if not 0 <= kl < ceiling:
         raise ValueError(
             f"kl must lie in [0, {ceiling:.6g}) for these scores (the KL of putting all mass on the best-scoring "
             f"outcomes); got {kl}"
         )
     lo, hi = 0.0, 1.0
-    while float(kl_divergence(_tilt(p, g, hi), p)) < kl:
+    for _ in range(MAX_DOUBLINGS):  # grow λ until the tilt spends at least the budget
+        if float(kl_divergence(_tilt(p, g, hi), p)) >= kl:
+            break
         lo, hi = hi, 2 * hi
+    else:
+        raise ValueError(
+            f"no tilt with λ ≤ 2^{MAX_DOUBLINGS} reaches kl = {kl} (the ceiling is {ceiling:.6g}: round-off "
+            "saturates the KL just below it); ask for a KL further below the ceiling"
+        )
     for _ in range(200):
         mid = (lo + hi) / 2
         if float(kl_divergence(_tilt(p, g, mid), p)) < kl:
@@ -168,6 +173,40 @@ def tilt_to_kl(probs: torch.Tensor, scores: torch.Tensor, kl: float, *, tol: flo
         if hi - lo <= tol * hi:
             break
     return _tilt(p, g, (lo + hi) / 2)
+
+
+def random_tilts_at_kl(
+    probs: torch.Tensor, kl: float, count: int, *, generator: torch.Generator, max_tries: int | None = None
+) -> torch.Tensor:
+    """``count`` policies with KL(· ‖ probs) = ``kl``: probs tilted toward random Gaussian scores, [count, K].
+
+    A random direction whose ceiling (``kl_ceiling``) is at or below ``kl`` cannot spend the budget and is
+    skipped; after ``max_tries`` directions (default 20·count) without ``count`` usable ones it raises.
+    """
+    p = _check_probs(probs)
+    count = positive_int(count, "count", meaning="how many policies to build")
+    max_tries = positive_int(20 * count if max_tries is None else max_tries, "max_tries")
+    found = []
+    for _ in range(max_tries):
+        g = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+        if kl < kl_ceiling(p, g):
+            found.append(tilt_to_kl(p, g, kl))
+            if len(found) == count:
+                return torch.stack(found)
+    raise RuntimeError(
+        f"only {len(found)} of {count} random directions could reach kl = {kl} in {max_tries} tries (their best "
+        "outcome is too likely for that budget); ask for a smaller kl or pass a larger max_tries"
+    )
+
+
+def optimal_reward_at_kl(probs: torch.Tensor, rewards: torch.Tensor, kl: float) -> float:
+    """max E_π[r] subject to KL(π ‖ probs) ≤ kl: the tilt toward r that spends the whole budget, or — from the
+    ceiling −log π(best outcomes) on — the best reward itself (all mass on the best outcomes)."""
+    p = _check_probs(probs)
+    r = _check_rewards(rewards, p, finite=True)
+    if float(kl) >= kl_ceiling(p, r):
+        return float(r[p > 0].max())
+    return float(tilt_to_kl(p, r, kl) @ r)
 
 
 def rlhf_frontier(probs, rewards, betas: Sequence[float]) -> tuple[list[float], list[float]]:

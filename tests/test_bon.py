@@ -125,11 +125,8 @@ def test_bon_distribution_agrees_with_monte_carlo_best_of_n_with_random_tie_brea
     K, n, trials = 6, 3, 200_000
     p = random_dist(gen, K)
     r = torch.tensor([0.0, 1.0, 1.0, 2.0, 2.0, 0.5])
-    draws = torch.multinomial(p.expand(trials, K), n, replacement=True, generator=gen)  # [trials, n]
-    dr = r[draws]
-    is_best = dr == dr.max(dim=1, keepdim=True).values
-    pick = torch.argmax(torch.rand(trials, n, generator=gen) * is_best, dim=1)  # uniform among tied draws
-    chosen = draws[torch.arange(trials), pick]
+    chosen = bon.sample_best_of_n(p, r, n, trials, generator=gen)
+    assert chosen.shape == (trials,)
     freq = torch.bincount(chosen, minlength=K).double() / trials
     exact = bon_distribution(p, r, n)
     se = (exact * (1 - exact) / trials).sqrt()
@@ -184,19 +181,20 @@ def test_kl_divergence_uses_0_log_0_and_is_inf_off_support():
 
 
 # ---------------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("n", [0, -1, 2.0, True, "3", None])
+@pytest.mark.parametrize("n", [0, -1, 2.5, True, "3", None])
 def test_bad_n_raises_a_value_error_naming_it(n):
-    with pytest.raises(ValueError, match="n must be an int ≥ 1"):
+    with pytest.raises(ValueError, match=r"n must be an integer ≥ 1 \(the number of samples\)"):
         bon_distribution(torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0]), n)
-    with pytest.raises(ValueError, match="n must be an int ≥ 1"):
+    with pytest.raises(ValueError, match="n must be an integer ≥ 1"):
         bon_kl_bound(n)
 
 
 @pytest.mark.parametrize(
     "probs, rewards, message",
     [
-        ([0.7, 0.5], [0.0, 1.0], "sum to 1 .*tolerance 1e-06"),
+        ([0.7, 0.5], [0.0, 1.0], r"sum to 1 \(within 1e-06\)"),
         ([1.2, -0.2], [0.0, 1.0], "non-negative"),
+        ([0.5, float("nan")], [0.0, 1.0], "probs must be finite"),
         ([0.5, 0.5], [0.0, 1.0, 2.0], "shape of probs"),
         ([0.5, 0.5], [0.0, float("nan")], "must not be NaN"),
         ([], [], "at least one outcome"),
@@ -320,3 +318,40 @@ def test_best_of_n_never_beats_the_optimal_frontier_at_its_own_kl():
     for kl, reward in zip(kls, rewards):
         assert reward <= float(bon.tilt_to_kl(p, r, kl) @ r) + 1e-12
     assert rewards == sorted(rewards) and kls == sorted(kls)
+
+
+def test_tilt_to_kl_stops_with_a_clear_error_when_no_lambda_in_range_reaches_the_kl(monkeypatch):
+    p, g = _dist(3)
+    monkeypatch.setattr(bon, "MAX_DOUBLINGS", 2)  # λ ≤ 4 cannot spend a KL close to the ceiling
+    kl = 0.999 * bon.kl_ceiling(p, g)
+    with pytest.raises(ValueError, match=r"no tilt with λ ≤ 2\^2 reaches kl"):
+        bon.tilt_to_kl(p, g, kl)
+
+
+def test_random_tilts_at_kl_all_spend_exactly_the_budget_and_differ():
+    p, _ = _dist(7)
+    others = bon.random_tilts_at_kl(p, 0.3, 20, generator=torch.Generator().manual_seed(0))
+    assert others.shape == (20, 40)
+    assert bool(((bon.kl_divergence(others, p.expand(20, -1)) - 0.3).abs() < 1e-9).all())
+    assert float(torch.cdist(others, others).topk(2, dim=1, largest=False).values[:, 1].min()) > 1e-3
+
+
+def test_random_tilts_at_kl_gives_up_after_max_tries_instead_of_looping_forever():
+    p = torch.tensor([0.98, 0.01, 0.01], dtype=torch.float64)  # no direction reaches KL 5 (ceilings ≤ log 100)
+    with pytest.raises(RuntimeError, match=r"only 0 of 3 random directions could reach kl = 5.0 in 30 tries"):
+        bon.random_tilts_at_kl(p, 5.0, 3, generator=torch.Generator().manual_seed(0), max_tries=30)
+
+
+def test_optimal_reward_at_kl_is_the_frontier_and_the_best_reward_past_the_ceiling():
+    p, r = _dist(8)
+    (kl,), (best,) = bon.rlhf_frontier(p, r, [0.4])
+    assert bon.optimal_reward_at_kl(p, r, kl) == pytest.approx(best, abs=1e-9)
+    assert bon.optimal_reward_at_kl(p, r, bon.kl_ceiling(p, r) + 1) == float(r.max())
+    assert bon.optimal_reward_at_kl(p, r, 0.0) == pytest.approx(float(p @ r), abs=1e-9)
+
+
+def test_sample_best_of_n_rejects_a_batch_of_distributions_and_bad_trials():
+    with pytest.raises(ValueError, match="one distribution"):
+        bon.sample_best_of_n(torch.full((2, 3), 1 / 3), torch.zeros(3), 2, 10, generator=torch.Generator())
+    with pytest.raises(ValueError, match="trials must be an integer"):
+        bon.sample_best_of_n(torch.full((3,), 1 / 3), torch.zeros(3), 2, 0, generator=torch.Generator())
