@@ -149,3 +149,14 @@ def shaped(x, shape: Sequence[int], name: str, *, allow_neg_inf: bool = False, m
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a Tensor of shape {list(shape)}{_why(meaning)}; got {got}")
     return finite(x, name, allow_neg_inf=allow_neg_inf)
+
+
+def broadcastable(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> tuple[int, ...]:
+    """Two tensors that combine entry by entry with broadcasting (e.g. a column against a row); returns the shape."""
+    try:
+        return tuple(torch.broadcast_shapes(a.shape, b.shape))
+    except RuntimeError:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same (or broadcastable) shapes; got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        ) from None

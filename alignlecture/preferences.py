@@ -7,32 +7,23 @@ scorer (``alignlecture.rewards``) and labels are Bernoulli draws from the Bradle
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import combinations
 
 import torch
 
+from ._checks import broadcastable, finite, positive_finite, positive_int
+
 
 def _check_scale(scale: float) -> float:
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number (the inverse annotator temperature); got {scale!r}")
-    return float(scale)
+    return positive_finite(scale, "scale", "the annotator's sharpness, an inverse temperature")
 
 
 def bt_probability(r1, r2, scale: float = 1.0) -> torch.Tensor:
     """p*(y1 ≻ y2 | x) = σ(scale·(r1 − r2)) (lecture §Preference; Bradley & Terry 1952)."""
-    scale = _check_scale(scale)
-    r1 = torch.as_tensor(r1, dtype=torch.float64)
-    r2 = torch.as_tensor(r2, dtype=torch.float64)
-    try:
-        torch.broadcast_shapes(r1.shape, r2.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"r1 and r2 must have the same (or broadcastable) shapes; got {tuple(r1.shape)} and {tuple(r2.shape)}"
-        ) from None
-    if not bool(torch.isfinite(r1).all() and torch.isfinite(r2).all()):
-        raise ValueError("rewards must be finite; got NaN or inf")
+    r1, r2, scale = finite(r1, "rewards"), finite(r2, "rewards"), _check_scale(scale)
+    broadcastable(r1, r2, ("r1", "r2"))
     return torch.sigmoid(scale * (r1 - r2))
 
 
@@ -126,6 +117,51 @@ def build_preference_dataset(
         else:
             pairs.append(PreferencePair(x, second[i], first[i], float(r2[i]), float(r1[i])))
     return PreferenceDataset(pairs, scale=scale, gold_name=getattr(gold, "name", ""))
+
+
+def all_pairs(num_prompts: int, k: int) -> list[tuple[int, int, int]]:
+    """(i, a, b) for every prompt i and every pair a < b of its k responses: C(k, 2) comparisons per prompt."""
+    num_prompts, k = positive_int(num_prompts, "num_prompts"), positive_int(k, "k", 2, "responses per prompt")
+    return [(i, a, b) for i in range(num_prompts) for a, b in combinations(range(k), 2)]
+
+
+def all_pairs_dataset(
+    prompts: Sequence[str],
+    responses: Sequence[Sequence[str]],
+    gold: Callable[[list[str]], torch.Tensor],
+    *,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> PreferenceDataset:
+    """Every pair of responses to the same prompt, labelled by a Bradley–Terry annotator on ``gold``.
+
+    ``responses[i]`` holds the k responses to ``prompts[i]`` (the same k ≥ 2 for every prompt); the pairs come
+    in the order of :func:`all_pairs`, so a given seed always gives the same labels.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"need one list of responses per prompt; got {len(prompts)} prompts, {len(responses)} lists")
+    sizes = sorted({len(r) for r in responses})
+    if len(sizes) != 1:
+        raise ValueError(f"every prompt needs the same number of responses; got sizes {sizes}")
+    pairs = all_pairs(len(prompts), sizes[0])
+    return build_preference_dataset(
+        [prompts[i] for i, _, _ in pairs], [responses[i][a] for i, a, _ in pairs],
+        [responses[i][b] for i, _, b in pairs], gold, scale=scale, seed=seed,
+    )
+
+
+def annotator_agreement(r1, r2, *, scale: float, annotators: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Show each comparison to several independent Bradley–Terry annotators (seeds seed, seed + 1, …).
+
+    Returns (|gold gap|, label agrees with the gold order), one entry per label, annotator by annotator, over the
+    comparisons whose gold gap is not zero (a tie has no right answer). Annotator 0 labels exactly as
+    ``build_preference_dataset(..., seed=seed)`` does.
+    """
+    annotators = positive_int(annotators, "annotators")
+    gap = finite(r1, "rewards") - finite(r2, "rewards")
+    labels = torch.stack([sample_preferences(r1, r2, scale=scale, seed=seed + s) for s in range(annotators)])
+    decided = gap != 0
+    return gap.abs()[decided].repeat(annotators), (labels == (gap > 0))[:, decided].flatten()
 
 
 @dataclass

@@ -13,13 +13,12 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
 from pathlib import Path
 
 import torch
 
 from .models import Policy, cache_dir, generate, load_policy
-from .preferences import PreferenceDataset, build_preference_dataset
+from .preferences import PreferenceDataset, all_pairs_dataset
 from .prompts import prompt_set
 from .rewards import gold_reward
 from .train import DPOConfig, DPOTrainer, TrainResult
@@ -80,11 +79,7 @@ def preference_data(rec: Recipe, policy: Policy) -> PreferenceDataset:
     samples = generate(policy, [x for x in prompts for _ in range(k)], max_new_tokens=rec.max_new_tokens,
                        seed=rec.sample_seed, batch_size=40)
     texts = [samples.texts[i * k : (i + 1) * k] for i in range(len(prompts))]
-    pairs = [(i, a, b) for i in range(len(prompts)) for a, b in combinations(range(k), 2)]
-    return build_preference_dataset(
-        [prompts[i] for i, _, _ in pairs], [texts[i][a] for i, a, _ in pairs], [texts[i][b] for i, _, b in pairs],
-        gold_reward(rec.gold), scale=rec.label_scale, seed=rec.label_seed,
-    )
+    return all_pairs_dataset(prompts, texts, gold_reward(rec.gold), scale=rec.label_scale, seed=rec.label_seed)
 
 
 def dpo_config(rec: Recipe, *, progress: bool = False) -> DPOConfig:

@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from alignlecture.preferences import (
     PreferenceDataset,
     PreferencePair,
+    all_pairs,
+    all_pairs_dataset,
+    annotator_agreement,
     bt_probability,
     build_preference_dataset,
     expected_bt_loss,
@@ -249,7 +252,7 @@ def test_bt_probability_unbroadcastable_shapes_are_rejected():
         bt_probability(torch.zeros(3), torch.zeros(4))
 
 
-@pytest.mark.parametrize("scale", [0, -1.0, math.nan, math.inf, "2", None])
+@pytest.mark.parametrize("scale", [0, -1.0, math.nan, math.inf, "two", None, True])
 def test_scale_not_positive_finite_is_rejected(scale):
     with pytest.raises(ValueError, match="scale must be a positive finite number"):
         bt_probability(1.0, 0.0, scale)
@@ -288,3 +291,52 @@ def test_unknown_column_is_rejected():
 def test_expected_bt_loss_shape_mismatch_is_rejected():
     with pytest.raises(ValueError, match="must be 1-D of one length"):
         expected_bt_loss(torch.ones(3) / 3, torch.zeros(3), torch.zeros(4))
+
+
+# ---------------------------------------------------------------------------------------------- all pairs
+def test_all_pairs_lists_every_pair_of_responses_once_per_prompt():
+    pairs = all_pairs(3, 4)
+    assert len(pairs) == 3 * math.comb(4, 2)
+    assert pairs[:6] == [(0, 0, 1), (0, 0, 2), (0, 0, 3), (0, 1, 2), (0, 1, 3), (0, 2, 3)]
+    assert {i for i, _, _ in pairs} == {0, 1, 2} and all(a < b for _, a, b in pairs)
+
+
+def test_all_pairs_dataset_equals_the_zoos_former_inline_construction():
+    """Bit-identical to the loop zoo.preference_data used to hold, so zoo cache keys and weights do not change."""
+    from itertools import combinations
+
+    prompts = ["p0", "p1", "p2"]
+    texts = [[f"{x} answer {'!' * j}{j}" for j in range(4)] for x in prompts]
+    pairs = [(i, a, b) for i in range(len(prompts)) for a, b in combinations(range(4), 2)]
+    old = build_preference_dataset([prompts[i] for i, _, _ in pairs], [texts[i][a] for i, a, _ in pairs],
+                                   [texts[i][b] for i, _, b in pairs], text_length, scale=0.3, seed=5)
+    new = all_pairs_dataset(prompts, texts, text_length, scale=0.3, seed=5)
+    assert new.to_dict() == old.to_dict()
+    assert (new.scale, new.gold_name, len(new)) == (old.scale, old.gold_name, 18)
+
+
+def test_all_pairs_dataset_rejects_ragged_or_mismatched_responses():
+    with pytest.raises(ValueError, match="same number of responses; got sizes \\[2, 3\\]"):
+        all_pairs_dataset(["a", "b"], [["x", "y"], ["x", "y", "z"]], text_length)
+    with pytest.raises(ValueError, match="one list of responses per prompt; got 2 prompts, 1 lists"):
+        all_pairs_dataset(["a", "b"], [["x", "y"]], text_length)
+    with pytest.raises(ValueError, match="k must be an integer ≥ 2"):
+        all_pairs_dataset(["a"], [["x"]], text_length)
+
+
+def test_annotator_zero_labels_exactly_like_the_dataset_and_ties_are_dropped():
+    r1 = torch.tensor([1.0, 0.2, 0.5, -0.3], dtype=torch.float64)
+    r2 = torch.tensor([0.0, 0.2, 0.9, 0.1], dtype=torch.float64)  # the second comparison is a tie
+    abs_gap, agrees = annotator_agreement(r1, r2, scale=2.0, annotators=3, seed=7)
+    assert abs_gap.shape == agrees.shape == (9,)
+    assert torch.allclose(abs_gap[:3], torch.tensor([1.0, 0.4, 0.4], dtype=torch.float64))
+    first = sample_preferences(r1, r2, scale=2.0, seed=7)
+    keep = torch.tensor([True, False, True, True])
+    assert torch.equal(agrees[:3], (first == (r1 > r2))[keep])
+
+
+def test_annotator_agreement_rate_matches_bradley_terry_within_five_sigma():
+    r1 = torch.full((2000,), 0.5, dtype=torch.float64)
+    _, agrees = annotator_agreement(r1, torch.zeros(2000, dtype=torch.float64), scale=2.0, annotators=5)
+    p = torch.sigmoid(torch.tensor(1.0)).item()
+    assert abs(agrees.double().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / agrees.numel())
