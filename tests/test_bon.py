@@ -355,3 +355,18 @@ def test_sample_best_of_n_rejects_a_batch_of_distributions_and_bad_trials():
         bon.sample_best_of_n(torch.full((2, 3), 1 / 3), torch.zeros(3), 2, 10, generator=torch.Generator())
     with pytest.raises(ValueError, match="trials must be an integer"):
         bon.sample_best_of_n(torch.full((3,), 1 / 3), torch.zeros(3), 2, 0, generator=torch.Generator())
+
+
+# ---------------------------------------------------------------------------------------------- chapter 6 exercise 2
+def test_chapter_6_limit_exercise_accepts_the_solution_rejects_the_wrong_answer_and_reports_a_stub():
+    from alignlecture.exercises import NOT_ATTEMPTED
+    from alignlecture.solutions import ch06
+
+    assert "✓" in ch06.check_limit(ch06.limit_solution)
+    with pytest.raises(AssertionError):
+        ch06.check_limit(ch06.limit_wrong)
+
+    def stub(probs, rewards):
+        raise NotImplementedError
+
+    assert ch06.check_limit(stub).startswith(NOT_ATTEMPTED)
