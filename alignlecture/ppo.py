@@ -9,11 +9,11 @@ r(x, y) − β·log π(y|x)/π_ref(y|x), whose expectation is the KL-regularised
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from ._checks import positive_finite, positive_int
 from .toy import TabularPolicy, ToyWorld, check_beta
 
 
@@ -56,10 +56,10 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_beta(self.beta)
-        for name in ("learning_rate", "iterations", "batch_size", "ppo_epochs", "clip", "value_learning_rate"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be positive; got {value!r}")
+        for name in ("learning_rate", "clip", "value_learning_rate"):
+            positive_finite(getattr(self, name), name)
+        for name in ("iterations", "batch_size", "ppo_epochs"):
+            positive_int(getattr(self, name), name)
 
 
 def ppo_tabular(world: ToyWorld, pi_ref: TabularPolicy, rewards: torch.Tensor, config: PPOConfig,

@@ -50,8 +50,12 @@ def test_ppo_on_the_toy_world_converges_to_the_exact_optimum():
 def test_ppo_config_rejects_bad_values():
     with pytest.raises(ValueError, match="beta must be a positive"):
         PPOConfig(beta=0)
-    with pytest.raises(ValueError, match="clip must be positive"):
+    with pytest.raises(ValueError, match="clip must be a positive finite number; got -0.1"):
         PPOConfig(clip=-0.1)
+    with pytest.raises(ValueError, match="iterations must be an integer ≥ 1; got 2.5"):
+        PPOConfig(iterations=2.5)
+    with pytest.raises(ValueError, match="learning_rate must be a positive finite number; got nan"):
+        PPOConfig(learning_rate=math.nan)
 
 
 def test_ppo_lm_updates_a_real_transformer_and_reports_the_reward(tiny):
