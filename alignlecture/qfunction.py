@@ -6,8 +6,9 @@ finishes the response (eos, or in a ToyWorld the non-eos token that reaches max_
     Q*(s, a) = β log π_ref(a|s) + (r(s·a) if s·a is terminal else V*(s·a)),   V*(s) = β log Σ_a exp(Q*(s, a)/β),
 
 and π*(a|s) = exp((Q*(s, a) − V*(s))/β): the optimal policy is the advantage function. On a ToyWorld every
-prefix is a row of a [P, V] table, so the backup is one vectorised step per depth. Prefix i's child by token
-a ≥ 1 is row b·i + a (b = V − 1), and rows P … N−1 of that numbering are the truncated responses.
+prefix is a row of a [P, V] table, so the backup is one vectorised step per depth; ``world.child_index()`` says
+where each action leads (prefix i's child by token a ≥ 1 is node b·i + a, b = V − 1; nodes ≥ P are the truncated
+responses).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from .logprobs import completion_logprobs
 from .models import Policy
+from ._checks import positive_int, shaped
 from .toy import DTYPE, EOS, TabularPolicy, ToyWorld, check_beta
 
 
@@ -67,35 +69,33 @@ class SoftValues:
 def soft_backup(
     world: ToyWorld, token_scores: torch.Tensor, final_scores: torch.Tensor | None = None, beta: float = 1.0
 ) -> SoftValues:
-    """Bellman backup Q(s, a) = g(s, a) + (f(s·a) if s·a is terminal else V(s·a)), V = β logsumexp Q/β.
+    """Bellman backup Q(s, a) = g(s, a) + (f(s·a) if s·a is terminal else V(s·a)), V(s) = β log Σ_a exp(Q(s, a)/β).
 
     ``token_scores`` g is a [P, V] table, ``final_scores`` f one value per response (default 0; −inf allowed,
     e.g. log-probs). ``beta`` > 0 is the soft (max-entropy) backup, ``beta=0`` the hard max. With β = 1 the
     softmax policy samples responses ∝ exp(Σ_t g + f) — ``world.policy_from_sequence_logprobs`` of that score.
-    Computed bottom-up, one vectorised step per depth.
     """
-    P, V, b, off = world.num_prefixes, world.vocab_size, world._branch, world._offsets
-    if not isinstance(token_scores, torch.Tensor) or token_scores.shape != (P, V):
-        shape = tuple(token_scores.shape) if isinstance(token_scores, torch.Tensor) else type(token_scores).__name__
-        raise ValueError(f"token_scores must be a Tensor [num_prefixes={P}, vocab_size={V}]; got {shape}")
-    g = token_scores.to(device=world.device, dtype=DTYPE)
-    if bool(torch.isnan(g).any() | (g == math.inf).any()):
-        raise ValueError("token_scores hold NaN or +inf; every entry must be finite or −inf")
+    g, f, beta = _backup_inputs(world, token_scores, final_scores, beta)
+    P, off = world.num_prefixes, world.offsets
+    v_below = f[P:]  # the truncated responses (depth max_len) are terminal: their value is f
+    q_rows, v_rows = [], []
+    for k in reversed(range(world.max_len)):  # deepest prefixes first, one vectorised step per depth
+        s = slice(off[k], off[k + 1])
+        q = g[s] + torch.cat([f[s, None], v_below.reshape(-1, world.branch)], dim=1)  # eos: f(s·eos); a: V(s·a)
+        v_below = beta * torch.logsumexp(q / beta, dim=1) if beta > 0 else q.max(dim=1).values
+        q_rows.insert(0, q)
+        v_rows.insert(0, v_below)
+    return SoftValues(world, torch.cat(q_rows), torch.cat(v_rows), beta)
+
+
+def _backup_inputs(world: ToyWorld, token_scores, final_scores, beta):
+    g = shaped(token_scores, (world.num_prefixes, world.vocab_size), "token_scores", allow_neg_inf=True,
+               meaning="one score per prefix row and next token")
     if final_scores is None:
         f = torch.zeros(world.num_responses, dtype=DTYPE, device=world.device)
     else:
         f = world.check_values(final_scores, "final_scores", allow_neg_inf=True)
-    beta = 0.0 if beta == 0 else check_beta(beta)
-    below = f[P:]  # the truncated responses: terminal, value = final score
-    q_parts, v_parts = [], []
-    for k in reversed(range(world.max_len)):
-        rows = slice(off[k], off[k + 1])
-        cont = torch.cat([f[rows][:, None], below.reshape(-1, b)], dim=1)  # [b^k, V]: eos ends, tokens go deeper
-        q = g[rows] + cont
-        below = beta * torch.logsumexp(q / beta, dim=1) if beta > 0 else q.max(dim=1).values
-        q_parts.append(q)
-        v_parts.append(below)
-    return SoftValues(world, torch.cat(q_parts[::-1]), torch.cat(v_parts[::-1]), beta)
+    return g.to(world.device), f, (0.0 if beta == 0 else check_beta(beta))
 
 
 def soft_values(world: ToyWorld, pi_ref: TabularPolicy, rewards: torch.Tensor, beta: float) -> SoftValues:
@@ -110,7 +110,7 @@ def terminal_mask(world: ToyWorld) -> torch.Tensor:
     """Which (prefix, token) actions finish a response: eos everywhere, every token at depth max_len − 1, [P, V]."""
     mask = torch.zeros(world.num_prefixes, world.vocab_size, dtype=torch.bool, device=world.device)
     mask[:, EOS] = True
-    mask[world._offsets[world.max_len - 1] :] = True
+    mask[world.offsets[world.max_len - 1] :] = True
     return mask
 
 
@@ -124,13 +124,11 @@ def soft_bellman_residual(
     beta = check_beta(beta)
     world._check_own(pi_ref, "pi_ref")
     rewards = world.check_values(rewards, "rewards")
-    P, V, b = world.num_prefixes, world.vocab_size, world._branch
-    if not isinstance(q_table, torch.Tensor) or q_table.shape != (P, V):
-        raise ValueError(f"q_table must be a Tensor [num_prefixes={P}, vocab_size={V}]")
-    q_table = q_table.to(device=world.device, dtype=DTYPE)
+    P, V = world.num_prefixes, world.vocab_size
+    q_table = shaped(q_table, (P, V), "q_table", meaning="one Q value per prefix row and next token").to(world.device)
     v = beta * torch.logsumexp(q_table / beta, dim=1)  # [P]: V implied by Q
-    nxt = torch.cat([v, rewards[P:]])  # [N]: value of node j = b·i + a (a prefix, or a truncated response)
-    children = nxt[b * torch.arange(P, device=world.device)[:, None] + torch.arange(1, V, device=world.device)]
+    node_values = torch.cat([v, rewards[P:]])  # [N]: V of each prefix row, r of each truncated response
+    children = node_values[world.child_index()[:, 1:]]  # [P, V−1]: value of s·a for the non-eos tokens
     target = beta * pi_ref.log_table + torch.cat([rewards[:P, None], children], dim=1)
     return q_table - target
 
@@ -181,7 +179,7 @@ def _actions(world: ToyWorld, response) -> list[int]:
 
 def _along(world: ToyWorld, table: torch.Tensor, response) -> torch.Tensor:
     y = world.responses[world.index(response)]
-    nodes, mask = world._encode(y[None, :])
+    nodes, mask = world.encode(y[None, :])
     return table[nodes[0], y][mask[0]]
 
 
@@ -194,6 +192,82 @@ def exact_argmax(world: ToyWorld, seq_scores: torch.Tensor) -> torch.Tensor:
     """
     values = soft_backup(world, torch.zeros(world.num_prefixes, world.vocab_size, dtype=DTYPE), seq_scores, beta=0)
     return world.greedy(values.q)
+
+
+def value_greedy(world: ToyWorld, token_scores: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+    """Greedy decoding on Q(s, a) = g(s, a) + V(s·a) from the per-step scores g alone, LongTensor [T].
+
+    ``beta=0``: V is the hard max over continuations — the decoder returns argmax_y Σ_t g(y_t|y_<t).
+    ``beta=1``: V is the soft value — greedy on the exact product's next-token marginals, not its argmax.
+    """
+    return world.greedy(soft_backup(world, token_scores, beta=beta).q)
+
+
+@dataclass
+class MixingErrors:
+    """Token-level mixing against the exact product Π_k π_k^{w_k}, one entry per random pair of policies.
+
+    ``single_hits``: greedy decoding of π_1 alone returns π_1's own argmax (the error everyone accepts);
+    ``greedy_hits`` / ``gaps``: token-level greedy mixing returns the product's argmax / how many nats of
+    log-probability it loses (0 on a hit); ``kl_token_level``: KL(exact product ‖ per-step renormalised mix);
+    ``hard_value_hits`` / ``soft_value_hits``: greedy on g + V(s·a) with the hard / soft (β = 1) value finds the
+    argmax; ``kl_value_corrected``: KL(exact product ‖ the soft-value-corrected policy exp(Q − V)).
+    """
+
+    weights: list[float]
+    single_hits: torch.Tensor
+    greedy_hits: torch.Tensor
+    gaps: torch.Tensor
+    kl_token_level: torch.Tensor
+    hard_value_hits: torch.Tensor
+    soft_value_hits: torch.Tensor
+    kl_value_corrected: torch.Tensor
+
+    def rate(self, name: str) -> float:
+        """Share of pairs where the boolean field ``name`` holds."""
+        return float(getattr(self, name).double().mean())
+
+    def mean_gap_when_missed(self) -> float:
+        """Mean log-probability lost by token-level greedy mixing over the pairs where it misses (0 if none)."""
+        missed = self.gaps[~self.greedy_hits]
+        return float(missed.mean()) if missed.numel() else 0.0
+
+
+def mixing_errors(world: ToyWorld, weights: Sequence[float], num_pairs: int = 300, seed: int = 0) -> MixingErrors:
+    """The exact error of token-level mixing over ``num_pairs`` random policy pairs (seeds 2i, 2i+1 after ``seed``).
+
+    For each pair the target is the normalised sequence-level product log π* = log_softmax(Σ_k w_k log π_k(y));
+    the decoders see only the per-step scores g(s, a) = Σ_k w_k log π_k(a|s).
+    """
+    from .mixing import check_weights, mix_logprobs
+
+    w = check_weights(weights, 2)
+    n = positive_int(num_pairs, "num_pairs")
+    rows = []
+    for i in range(n):
+        pi1, pi2 = world.random_policy(seed=seed + 2 * i), world.random_policy(seed=seed + 2 * i + 1)
+        logp1 = pi1.sequence_logprobs()
+        target = mix_logprobs([logp1, pi2.sequence_logprobs()], w)  # exact, [N]
+        best = int(target.argmax())
+        hits = lambda y, j=best: torch.equal(y, world.responses[j])  # noqa: E731 (decoded response is y_j)
+        g = w[0] * pi1.log_table + w[1] * pi2.log_table  # [P, V] per-step scores
+        token_level = world.policy(torch.log_softmax(g, dim=1))  # renormalised at every step
+        greedy = world.greedy(token_level.next_logprobs)
+        exact = world.policy_from_sequence_logprobs(target)
+        rows.append((
+            hits(world.greedy(pi1.next_logprobs), int(logp1.argmax())),
+            hits(greedy),
+            float(target[best] - target[world.index(greedy)]),
+            exact.kl(token_level),
+            hits(value_greedy(world, g, beta=0)),
+            hits(value_greedy(world, g, beta=1.0)),
+            exact.kl(soft_backup(world, g, beta=1.0).policy()),
+        ))
+    cols = list(zip(*rows))
+    as_bool = lambda c: torch.tensor(c, dtype=torch.bool)  # noqa: E731
+    as_float = lambda c: torch.tensor(c, dtype=DTYPE)  # noqa: E731
+    return MixingErrors(w, as_bool(cols[0]), as_bool(cols[1]), as_float(cols[2]), as_float(cols[3]),
+                        as_bool(cols[4]), as_bool(cols[5]), as_float(cols[6]))
 
 
 # ---------------------------------------------------------------------------------------------- real models

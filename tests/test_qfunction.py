@@ -242,3 +242,68 @@ def test_token_rewards_reject_bad_beta_and_non_models(tiny):
         qf.token_rewards(tiny, tiny, -1.0, **batch)
     with pytest.raises(TypeError, match="Policy or a torch.nn.Module"):
         qf.token_rewards("gpt", tiny, 1.0, **batch)
+
+
+# ---------------------------------------------------------------------------------------------- layout, decoders, mixing error
+def test_child_index_points_each_action_to_the_prefix_or_response_it_leads_to():
+    w = ToyWorld(4, 3)
+    children = w.child_index()
+    for s in w.prefixes():
+        i = w.prefix_index(s)
+        assert int(children[i, EOS]) == w.index([*s, EOS])  # eos ends the response "s then eos"
+        for a in range(1, w.vocab_size):
+            child = (*s, a)
+            want = w.prefix_index(child) if len(child) < w.max_len else w.index(list(child))
+            assert int(children[i, a]) == want
+
+
+@PROPERTY
+@given(worlds, seeds)
+def test_value_greedy_with_the_hard_value_returns_the_argmax_of_the_summed_step_scores(vt, seed):
+    w = ToyWorld(*vt)
+    g = torch.randn(w.num_prefixes, w.vocab_size, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+    summed = w.policy_sequence_logprobs(g)  # Σ_t g(y_t|y_<t) per response, by the enumerator (not by the backup)
+    assert qf.value_greedy(w, g, beta=0).tolist() == w.responses[int(summed.argmax())].tolist()
+
+
+def test_value_greedy_with_the_soft_value_follows_the_exact_marginals_not_the_argmax():
+    w = ToyWorld(5, 4)
+    misses = 0
+    for seed in range(30):
+        g = 1.5 * w.random_policy(seed=seed).log_table - 0.5 * w.random_policy(seed=seed + 99).log_table
+        exact = w.policy_from_sequence_logprobs(w.policy_sequence_logprobs(g))
+        assert qf.value_greedy(w, g, beta=1.0).tolist() == w.greedy(exact.next_logprobs).tolist()
+        misses += qf.value_greedy(w, g, beta=1.0).tolist() != qf.value_greedy(w, g, beta=0).tolist()
+    assert misses > 0, "soft-value greedy matched the argmax on every seed; the test shows nothing"
+
+
+def test_mixing_errors_agree_with_a_direct_computation_and_the_value_corrections_are_exact():
+    w = ToyWorld(4, 3)
+    e = qf.mixing_errors(w, [1.5, -0.5], num_pairs=12, seed=7)
+    assert e.hard_value_hits.all() and e.kl_value_corrected.abs().max() < 1e-12
+    assert (e.gaps >= -1e-12).all() and (e.gaps[e.greedy_hits].abs() < 1e-12).all()
+    pi1, pi2 = w.random_policy(seed=7 + 2 * 3), w.random_policy(seed=7 + 2 * 3 + 1)  # pair 3, by hand
+    target = torch.log_softmax(1.5 * pi1.sequence_logprobs() - 0.5 * pi2.sequence_logprobs(), dim=0)
+    token_level = w.policy(torch.log_softmax(1.5 * pi1.log_table - 0.5 * pi2.log_table, dim=1))
+    kl = float((target.exp() * (target - token_level.sequence_logprobs())).sum())
+    assert abs(float(e.kl_token_level[3]) - kl) < 1e-12
+    assert bool(e.greedy_hits[3]) == (w.greedy(token_level.next_logprobs).tolist() == w.responses[int(target.argmax())].tolist())
+
+
+def test_mixing_errors_of_a_single_policy_are_zero_and_match_plain_greedy():
+    w = ToyWorld(4, 3)
+    e = qf.mixing_errors(w, [1.0, 0.0], num_pairs=10)
+    assert e.kl_token_level.abs().max() < 1e-12  # one policy: per-step renormalising changes nothing
+    assert torch.equal(e.greedy_hits, e.single_hits)
+
+
+def test_mixing_errors_refuse_bad_arguments():
+    w = ToyWorld(3, 2)
+    with pytest.raises(ValueError, match="num_pairs must be an integer ≥ 1"):
+        qf.mixing_errors(w, [0.5, 0.5], num_pairs=0)
+    with pytest.raises(ValueError, match="got 3 weights for 2 models"):
+        qf.mixing_errors(w, [0.5, 0.5, 0.0])
+    with pytest.raises(ValueError, match=r"token_scores must be a Tensor of shape \[3, 3\]"):
+        qf.soft_backup(w, torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="token_scores must be finite"):
+        qf.soft_backup(w, torch.full((3, 3), float("nan")))
