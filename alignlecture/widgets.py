@@ -64,3 +64,20 @@ def panel_grid(
         ax.set_title(f"{label} = {v:g}")
     fig.tight_layout()
     return fig
+
+
+def frontier_panel(ax, optimal, best_of_n, marked, *, who: str = "toy", ylabel: str = "expected reward"):
+    """One reward–KL panel (chapter 6): the optimal frontier as a line, best-of-n as points, one point starred.
+
+    ``optimal`` and ``best_of_n`` are (kls, rewards) pairs as ``bon.rlhf_frontier`` / ``bon.bon_frontier`` return
+    them; ``marked`` is one (kl, reward) point; ``who`` prefixes the legend (e.g. "toy", "SmolLM2").
+    """
+    for name, curve in (("optimal", optimal), ("best_of_n", best_of_n)):
+        if len(curve) != 2 or len(curve[0]) != len(curve[1]):
+            raise ValueError(f"{name} must be a (kls, rewards) pair of equal lengths; got {curve!r}")
+    ax.plot(optimal[0], optimal[1], color="C0", label=rf"{who}: optimal $\pi_\beta$")
+    ax.plot(best_of_n[0], best_of_n[1], "o", ms=3, color="C1", label=f"{who}: best-of-n")
+    ax.plot([marked[0]], [marked[1]], "*", ms=14, color="C3")
+    ax.set_xlabel("KL [nats]")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="lower right")
