@@ -160,3 +160,38 @@ def broadcastable(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> t
             f"{names[0]} and {names[1]} must have the same (or broadcastable) shapes; got {tuple(a.shape)} and "
             f"{tuple(b.shape)}"
         ) from None
+
+
+def float_tensors_alike(tensors: Sequence[torch.Tensor], name: str, *, min_dtype=torch.float32) -> list[torch.Tensor]:
+    """K float tensors of one shape (e.g. one next-token distribution per model), moved to the first one's device
+    and promoted to at least ``min_dtype``."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError(f"{name} is empty; pass one tensor per model")
+    shape = tensors[0].shape
+    dtype = torch.promote_types(tensors[0].dtype, min_dtype)
+    for k, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor) or t.shape != shape or not t.is_floating_point():
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(
+                f"{name}[{k}] is {got} but {name}[0] is {tuple(shape)}; pass float tensors of one shape (the same "
+                "vocabulary: cut padded logits to len(tokenizer))"
+            )
+    return [t.to(device=tensors[0].device, dtype=dtype) for t in tensors]
+
+
+def mixable(total: torch.Tensor, impossible: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """Mixed scores Σ_k w_k log π_k that are finite wherever some entry is possible, with a possible entry per row."""
+    bad, empty = ~(torch.isfinite(total) | impossible), impossible.all(dim=-1)
+    if bool(bad.any() | empty.any()):  # one check per call (one device sync per decoding step)
+        if bool(bad.any()):
+            raise ValueError(
+                "the weighted sum Σ_k w_k log π_k is NaN or infinite at some entries: an input holds NaN or +inf, "
+                f"or |w_k · log π_k| overflows {total.dtype}; check the inputs or use smaller weights (got {list(weights)})"
+            )
+        rows = empty.reshape(-1).nonzero()[:, 0].tolist()[:5]
+        raise ValueError(
+            f"the mixed distribution is empty (rows {rows}): every entry is −inf under some model with a "
+            f"nonzero weight (weights {list(weights)}); give those models weight 0 or mix models whose supports overlap"
+        )
+    return total

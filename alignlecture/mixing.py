@@ -26,6 +26,7 @@ from transformers import LogitsProcessor
 
 from .logprobs import _accepts_logits_to_keep, position_ids_from_mask, prompt_token_ids
 from .models import _seeded
+from ._checks import finite_number, float_tensors_alike, mixable, positive_finite
 from .toy import check_beta
 
 
@@ -50,42 +51,15 @@ def check_weights(weights: Sequence[float], num_models: int | None = None) -> li
 def mix_logprobs(logprobs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """log π_mix = log_softmax(Σ_k w_k log π_k) over the last dim: the product of experts Π_k π_k^{w_k} (§mixing).
 
-    ``logprobs``: K tensors of one shape [..., vocab] (log-probs, or logits: a per-model constant cancels).
-    The same call mixes sequence-level vectors [N] (one entry per response). Computed in float32 or wider.
-    An entry that is −inf under a model with w_k ≠ 0 is −inf in the mix; NaN, +inf, an overflowing sum or
-    a row with no possible entry left is a ValueError.
+    ``logprobs``: K tensors of one shape [..., vocab] (log-probs, or logits: a per-model constant cancels); the
+    same call mixes sequence-level vectors [N]. An entry that is −inf under a model with w_k ≠ 0 stays −inf.
     """
-    logprobs = list(logprobs)
+    logprobs = float_tensors_alike(logprobs, "logprobs")  # one shape, float32 or wider
     w = check_weights(weights, len(logprobs))
-    shape, dtype = logprobs[0].shape, torch.promote_types(logprobs[0].dtype, torch.float32)
-    for k, lp in enumerate(logprobs):
-        if lp.shape != shape or not lp.is_floating_point():
-            raise ValueError(
-                f"logprobs[{k}] is {lp.dtype} {tuple(lp.shape)} but logprobs[0] is {tuple(shape)}; pass float "
-                "tensors of one shape (the same vocabulary: cut padded logits to len(tokenizer))"
-            )
-    total = torch.zeros(shape, dtype=dtype, device=logprobs[0].device)
-    impossible = torch.zeros(shape, dtype=torch.bool, device=total.device)
-    for wk, lp in zip(w, logprobs):
-        if wk == 0:
-            continue  # a zero weight leaves the model out, −inf included
-        lp = lp.to(device=total.device, dtype=dtype)
-        dead = torch.isneginf(lp)
-        impossible |= dead
-        total += wk * lp.masked_fill(dead, 0.0)  # w·(−inf) is never formed: the sign of w cannot matter
-    total = total.masked_fill(impossible, -math.inf)
-    bad, empty = ~(torch.isfinite(total) | impossible), impossible.all(dim=-1)
-    if bool(bad.any() | empty.any()):  # one check per call (one device sync per decoding step)
-        if bool(bad.any()):
-            raise ValueError(
-                "the weighted sum Σ_k w_k log π_k is NaN or infinite at some entries: an input holds NaN or +inf, "
-                f"or |w_k · log π_k| overflows {dtype}; check the inputs or use smaller weights (got {w})"
-            )
-        rows = empty.reshape(-1).nonzero()[:, 0].tolist()[:5]
-        raise ValueError(
-            f"the mixed distribution is empty (rows {rows}): every entry is −inf under some model with a "
-            f"nonzero weight (weights {w}); give those models weight 0 or mix models whose supports overlap"
-        )
+    used = [(wk, lp) for wk, lp in zip(w, logprobs) if wk != 0]  # a zero weight leaves its model out, −inf included
+    impossible = torch.stack([lp.isneginf() for _, lp in used]).any(dim=0)
+    total = sum(wk * lp.masked_fill(lp.isneginf(), 0.0) for wk, lp in used)  # w·(−inf) is never formed
+    total = mixable(total.masked_fill(impossible, -math.inf), impossible, w)  # NaN, overflow or an empty row: error
     return torch.log_softmax(total, dim=-1)
 
 
@@ -298,17 +272,13 @@ def beta_adjustment(pi, pi_ref, beta: float, beta_new: float):
     Since π*_β ∝ π_ref·exp(r/β), exp(r/β′) ∝ (π/π_ref)^{β/β′}. Per token it is an approximation (the
     per-token normalisers differ); on whole sequences it is exact. Returns ([pi, pi_ref], weights).
     """
-    beta = check_beta(beta)
-    if isinstance(beta_new, bool) or not (isinstance(beta_new, (int, float)) and 0 < beta_new < math.inf):
-        raise ValueError(f"beta_new must be a positive finite number (the new KL coefficient); got {beta_new!r}")
-    ratio = beta / float(beta_new)
+    beta, beta_new = check_beta(beta), positive_finite(beta_new, "beta_new", "the new KL coefficient")
+    ratio = beta / beta_new
     return [pi, pi_ref], [ratio, 1.0 - ratio]
 
 
 def _check_alpha(alpha: float) -> float:
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite real number (the strength of the steer); got {alpha!r}")
-    return float(alpha)
+    return finite_number(alpha, "alpha", "the strength of the steer")
 
 
 def proxy_tuning(pi_large, pi_tuned_small, pi_ref_small, alpha: float = 1.0):
