@@ -1,7 +1,8 @@
 # alignlecture — two commands do everything on a fresh machine:
 #   make book   set up .venv if needed, build the HTML book into _build/html
 #   make test   set up .venv if needed, unit tests + strict pytest --nbval on every notebook
-# Also: make notebooks (re-execute and store outputs), make bench, make gpu-check, make clean.
+# Also: make check-html (every page in headless Chromium, offline), make notebooks (re-execute and store
+# outputs), make bench, make gpu-check, make clean.
 
 PYTHON ?= python3
 # On this course's machines `torch==2.13.0` is a CPU build from local disk; elsewhere pick your build.
@@ -16,7 +17,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 RUN_ENV := ALIGNLECTURE_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ALIGNLECTURE_PROFILE=cpu \
 	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
 
-.PHONY: book test unit nbval notebooks bench gpu-check setup clean
+.PHONY: book check-html test unit nbval notebooks bench gpu-check setup clean
 
 setup: $(STAMP)
 
@@ -36,6 +37,11 @@ book: $(STAMP)
 	rm -rf _build  # a full build every time: cached documents would hide their warnings
 	$(RUN_ENV) $(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
 	@echo "book: open _build/html/index.html"
+
+# Needs Debian's chromium and chromium-driver (the tool says how to install them and exits non-zero without).
+check-html: $(STAMP)
+	@test -f _build/html/index.html || $(MAKE) book
+	$(PY) tools/check_html.py _build/html --screenshots _build/screenshots
 
 test: unit nbval
 

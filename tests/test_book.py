@@ -219,16 +219,27 @@ def test_memory_address_pattern_matches_a_repr():
 
 # ---------------------------------------------------------------------------------------------- the build
 @pytest.mark.slow
-def test_book_builds_without_warnings_with_footnotes_and_mathjax(tmp_path):
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The whole book built once, as `make book` builds it (-W -n: any warning fails); returns _build/html."""
+    out = tmp_path_factory.mktemp("book")
     env = dict(os.environ, ALIGNLECTURE_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     jupyter_book = Path(PYTHON).with_name("jupyter-book")
     result = subprocess.run(
         [str(jupyter_book), "build", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going",
-         "--path-output", str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+         "--path-output", str(out)],
+        capture_output=True, text=True, cwd=out, env=env, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    page = (tmp_path / "_build" / "html" / "notebooks" / "01_preliminaries.html").read_text()
+    return out / "_build" / "html"
+
+
+def _pages(html: Path) -> list[Path]:
+    return sorted(p for p in html.rglob("*.html") if "_static" not in p.parts and "_sources" not in p.parts)
+
+
+def test_book_builds_without_warnings_with_footnotes_and_mathjax(built):
+    page = (built / "notebooks" / "01_preliminaries.html").read_text()
     # {footcite} renders a footnote holding the reference, linked from the text
     assert 'id="footcite-bradley1952rank"' in page
     assert 'href="#footcite-bradley1952rank"' in page
@@ -241,6 +252,72 @@ def test_book_builds_without_warnings_with_footnotes_and_mathjax(tmp_path):
     assert latex_outputs > 0
     assert page.count('class="output text_latex math') == latex_outputs
     assert "\\begin{aligned}" in page
+
+
+# ---------------------------------------------------------------------------------------------- the built pages
+ATTR_URL = re.compile(r'\b(?:href|src)="([^"]*)"')
+MATH_CDN = re.compile(r"(?:cdn\.jsdelivr\.net|cdnjs\.cloudflare\.com|unpkg\.com)/[^\"']*mathjax", re.I)
+
+
+def test_math_is_served_from_the_book_itself(built):
+    for page in _pages(built):
+        text = page.read_text()
+        assert not MATH_CDN.search(text), f"{page.relative_to(built)} loads MathJax from a CDN"
+        if 'class="math' in text:
+            assert "_static/mathjax/tex-mml-chtml.js" in text, f"{page.relative_to(built)} does not load MathJax"
+    assert (built / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
+    assert any((built / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
+
+
+def test_every_internal_link_image_and_static_file_resolves(built):
+    ids: dict[Path, set[str]] = {}
+    problems = []
+    for page in _pages(built):
+        text = page.read_text()
+        ids[page] = set(re.findall(r'\bid="([^"]+)"', text))
+    for page in _pages(built):
+        for url in ATTR_URL.findall(page.read_text()):
+            if re.match(r"^(?:[a-z]+:|//|#$)", url) or not url:
+                continue
+            path, _, fragment = url.partition("#")
+            path = path.split("?")[0]
+            target = (page.parent / path).resolve() if path else page
+            if not target.exists():
+                problems.append(f"{page.relative_to(built)}: {url} does not exist")
+            elif fragment and target in ids and fragment not in ids[target]:
+                problems.append(f"{page.relative_to(built)}: {url}: no id {fragment!r} there")
+    assert problems == []
+
+
+def test_toc_and_pages_agree(built):
+    entries = _toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
+    built_pages = {str(p.relative_to(built).with_suffix("")) for p in _pages(built)}
+    assert [e for e in entries if e not in built_pages] == []
+    extra = built_pages - set(entries) - {"index", "genindex", "search", "py-modindex"}
+    assert extra == set(), f"pages built but not in the table of contents: {sorted(extra)}"
+
+
+def test_colab_buttons_open_this_repository_on_the_configured_branch(built):
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    repo = config["repository"]["url"].rstrip("/").removeprefix("https://github.com/")
+    branch = config["repository"]["branch"]
+    for nb in NOTEBOOKS:
+        page = (built / "notebooks" / f"{nb.stem}.html").read_text()
+        want = f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/{nb.name}"
+        assert want in page, f"{nb.name}: no Colab button to {want}"
+
+
+def test_publish_workflow_builds_with_make_book_for_the_configured_repository():
+    workflow = (ROOT / ".github" / "workflows" / "book.yml").read_text()
+    spec = yaml.safe_load(workflow)
+    steps = [step for job in spec["jobs"].values() for step in job["steps"]]
+    assert any(str(step.get("run", "")).startswith("make book") for step in steps)
+    assert any(step.get("uses", "").startswith("actions/upload-pages-artifact") for step in steps)
+    assert any(step.get("uses", "").startswith("actions/deploy-pages") for step in steps)
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    assert f"repository {url})" in workflow
+    owner, name = url.removeprefix("https://github.com/").split("/")
+    assert f"https://{owner}.github.io/{name}/" in workflow
 
 
 def _measured(markdown: str, allowed=()):
