@@ -1,0 +1,58 @@
+"""Pools of sampled generations, cached like the zoo's weights (``cache.memo``).
+
+A chapter that samples the same pool on every run — 36 answers of a tuned model, a mixed decode at one weight —
+reads it from ``cache_dir()/samples`` after the first run. The key holds everything the pool depends on: each
+model's identity (its name, its zoo recipe hash, its system prompt, how it was derived), the mixing weights,
+the prompts, the seed and the decoding settings, and ``SAMPLER_VERSION`` (bumped when the decoders change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from . import __version__
+from .cache import memo
+
+SAMPLER_VERSION = 1
+
+
+def policy_key(policy) -> dict:
+    """What identifies a policy's weights and prompt format: name, source, system prompt, zoo recipe hash."""
+    from . import zoo
+
+    key = {"name": policy.name, "source": policy.source, "system": policy.system_prompt}
+    if policy.name in zoo.RECIPES:
+        key["recipe"] = zoo.recipe(policy.name).key()
+    return key
+
+
+def _key(policies: Sequence, prompts: Sequence[str], settings: dict) -> dict:
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a non-empty list of str (wrap a single prompt in a list)")
+    return {
+        "policies": [policy_key(p) for p in policies],
+        "prompts": list(prompts),
+        "settings": settings,
+        "sampler": SAMPLER_VERSION,
+        "package": __version__,
+    }
+
+
+def sample(policy, prompts: list[str], *, max_new_tokens: int, seed: int, batch_size: int = 16, **options):
+    """``models.generate(policy, prompts, …)``, computed once per key and then read from the cache."""
+    from .models import generate
+
+    settings = dict(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, **options)
+    return memo("samples", _key([policy], prompts, {"generate": settings}),
+                lambda: generate(policy, list(prompts), **settings))
+
+
+def sample_mixed(policies: Sequence, weights: Sequence[float], prompts: list[str], *, max_new_tokens: int,
+                 seed: int, do_sample: bool = True, **options):
+    """``mixing.generate_mixed(policies, weights, prompts, …)``, computed once per key and then read from the cache."""
+    from .mixing import check_weights, generate_mixed
+
+    w = check_weights(weights, len(policies))
+    settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **options)
+    return memo("samples", _key(policies, prompts, {"generate_mixed": settings, "weights": w}),
+                lambda: generate_mixed(list(policies), w, list(prompts), **settings))
