@@ -21,8 +21,8 @@ def policy_key(policy) -> dict:
     from . import zoo
 
     key = {"name": policy.name, "source": policy.source, "system": policy.system_prompt}
-    if policy.name in zoo.RECIPES:
-        key["recipe"] = zoo.recipe(policy.name).key()
+    # every zoo recipe the name mentions (a merge "0.5·smollm2-positivity + 0.5·…" names its parts)
+    key["recipes"] = {name: zoo.recipe(name).key() for name in sorted(zoo.RECIPES) if name in policy.name}
     return key
 
 

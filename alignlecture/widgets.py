@@ -81,3 +81,21 @@ def frontier_panel(ax, optimal, best_of_n, marked, *, who: str = "toy", ylabel: 
     ax.set_xlabel("KL [nats]")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, loc="lower right")
+
+
+def token_strip(ax, tokens: Sequence[str], values: Sequence[float], *, scale: float | None = None, width: int = 9):
+    """One response as a strip of coloured tokens: red where ``values`` > 0, blue where < 0 (coolwarm, ±scale)."""
+    import matplotlib.pyplot as plt
+
+    tokens, values = list(tokens), [float(v) for v in values]
+    if len(tokens) != len(values):
+        raise ValueError(f"tokens and values must have one entry per token; got {len(tokens)} and {len(values)}")
+    scale = scale if scale is not None else max([abs(v) for v in values] + [1e-12])
+    for j, (text, v) in enumerate(zip(tokens, values)):
+        row, col = divmod(j, width)
+        ax.text(col, -row, text.replace("\n", "⏎") or "∅", ha="center", va="center", fontsize=7,
+                bbox=dict(boxstyle="round,pad=0.2", lw=0, facecolor=plt.cm.coolwarm(0.5 + 0.5 * v / scale)))
+    ax.set_xlim(-0.6, width - 0.4)
+    ax.set_ylim(-(max(len(tokens) - 1, 0) // width) - 0.6, 0.6)
+    ax.axis("off")
+    return ax
