@@ -89,6 +89,33 @@ def dpo_metrics(
     }
 
 
+def evaluate(policy, ref_policy, dataset, *, beta: float = 0.1, loss_type: str = "sigmoid",
+             label_smoothing: float = 0.0, chat: bool = True, max_length: int | None = 256,
+             batch_size: int = 16) -> dict[str, float]:
+    """The mean DPO loss and TRL's metrics of ``policy`` against ``ref_policy`` on every pair of ``dataset``.
+
+    One call, no gradient; the same numbers the trainer logs for a batch holding every pair (eos appended to each
+    completion, completions cut at ``max_length`` tokens with the prompt as the trainer does). ``dataset``: any
+    form ``train.DPOTrainer`` accepts.
+    """
+    from .logprobs import sequence_logprobs, tokenize_pairs
+    from .train import preference_columns
+
+    check_dpo_args(beta, loss_type, label_smoothing)
+    prompts, chosen, rejected = preference_columns(dataset)
+    kw = dict(chat=chat, max_length=max_length, batch_size=batch_size)
+    pc, pr = (sequence_logprobs(policy, prompts, c, **kw) for c in (chosen, rejected))
+    rc, rr = (sequence_logprobs(ref_policy, prompts, c, **kw) for c in (chosen, rejected))
+    lc = lr = torch.ones(())
+    if loss_type == "ipo":  # IPO's loss uses per-token averages (the metrics stay on sums)
+        lc, lr = (torch.tensor([sum(m) for m in tokenize_pairs(policy, prompts, c, chat=chat, max_length=max_length)[1]])
+                  for c in (chosen, rejected))
+    losses, chosen_rewards, rejected_rewards = dpo_loss(pc / lc, pr / lr, rc / lc, rr / lr, beta, loss_type,
+                                                        label_smoothing)
+    chosen_rewards, rejected_rewards = beta * (pc - rc), beta * (pr - rr)
+    return {"loss": losses.mean().item(), **dpo_metrics(chosen_rewards, rejected_rewards, pc, pr)}
+
+
 def tabular_dpo(world, pi_ref, rewards: torch.Tensor, beta: float, *, scale: float = 1.0, steps: int = 500,
                 learning_rate: float = 0.05):
     """DPO on a toy world with exact preferences: minimise the population DPO loss over every pair.

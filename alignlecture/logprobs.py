@@ -4,6 +4,13 @@ For a batch of token rows ``input_ids [B, S]`` with an ``attention_mask`` (1 = r
 side) and a ``completion_mask`` (1 = a completion token to score), the per-token log-prob of position t is
 log π(x_t | x_<t) taken from the logits at t − 1; the sequence log-prob is their sum over the completion:
 log π(y | x) = Σ_t log π(y_t | x, y_<t).
+
+The eos convention (one for the whole package, and TRL's): a completion given as TEXT is a finished response,
+so it is scored with the tokenizer's eos appended — ``tokenize_pairs``, ``encode_pairs`` and
+``sequence_logprobs`` default to ``add_eos=True``, the DPO trainer, ``dpo.evaluate`` and the reward features use
+the same. Token ids that ``models.generate`` sampled are scored exactly as sampled (``generation_logprobs``,
+``encode_ids``): they end with eos when the model stopped by itself, and without it when ``max_new_tokens`` cut
+them. Pass ``add_eos=False`` to score a text as an unfinished prefix.
 """
 
 from __future__ import annotations
@@ -122,7 +129,7 @@ def tokenize_pairs(
     completions: Sequence[str],
     *,
     chat: bool = True,
-    add_eos: bool = False,
+    add_eos: bool = True,
     max_length: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Token rows (prompt then completion, tokenised separately) and their completion masks, unpadded.
@@ -161,7 +168,7 @@ def encode_pairs(
     completions: Sequence[str],
     *,
     chat: bool = True,
-    add_eos: bool = False,
+    add_eos: bool = True,
     max_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Tokenise prompt and completion separately, concatenate, right-pad: input_ids, attention_mask, completion_mask."""
@@ -198,14 +205,16 @@ def sequence_logprobs(
     completions: Sequence[str],
     *,
     chat: bool = True,
-    add_eos: bool = False,
+    add_eos: bool = True,
     batch_size: int = 16,
+    max_length: int | None = None,
 ) -> torch.Tensor:
-    """log π(y | x) for every (prompt, completion) pair, Tensor [n] (no gradient; batched)."""
+    """log π(y | x) for every (prompt, completion) pair, Tensor [n] (no gradient; batched; eos appended by default)."""
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = encode_pairs(
-            policy, prompts[start : start + batch_size], completions[start : start + batch_size], chat=chat, add_eos=add_eos
+            policy, prompts[start : start + batch_size], completions[start : start + batch_size], chat=chat,
+            add_eos=add_eos, max_length=max_length,
         )
         batch = {k: v.to(policy.device) for k, v in batch.items()}
         out.append(completion_logprobs(policy.model, **batch).per_sequence.cpu())

@@ -250,31 +250,13 @@ def _load_wheel_gguf(name: str, spec: ModelSpec):
 
 
 def save_converted(model, tokenizer, target: Path, *, source: str = "") -> Path:
-    """Write a model as config + safetensors + tokenizer, atomically (a temp dir renamed into place).
-
-    ``save_pretrained`` refuses GGUF-loaded models, so the state dict is written directly; with tied
-    embeddings ``lm_head.weight`` is the embedding matrix and is stored once.
-    """
-    from safetensors.torch import save_file
-
+    """Write a model as config + safetensors + tokenizer, atomically (a temp dir renamed into place)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     tmp.chmod(0o755)
     try:
-        config = model.config
-        state = model.state_dict()
-        if getattr(config, "tie_word_embeddings", False):
-            state.pop("lm_head.weight", None)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config_dict = config.to_dict()
-        for key in ("quantization_config", "_name_or_path", "gguf_file"):
-            config_dict.pop(key, None)
-        (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str))
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        write_pretrained(model, tokenizer, tmp)
         (tmp / "alignlecture.json").write_text(json.dumps({"converted_from": source}, indent=2))
         try:
             os.replace(tmp, target)
@@ -285,6 +267,32 @@ def save_converted(model, tokenizer, target: Path, *, source: str = "") -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def write_pretrained(model, tokenizer, directory: Path) -> Path:
+    """config.json + model.safetensors + tokenizer files in ``directory``, loadable by ``load_policy(directory)``.
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the state dict is written directly; with tied
+    embeddings ``lm_head.weight`` is the embedding matrix and is stored once.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config_dict = config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "gguf_file"):
+        config_dict.pop(key, None)
+    (directory / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
 
 
 # ---------------------------------------------------------------------------------------------- tiny models

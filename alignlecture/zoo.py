@@ -21,7 +21,7 @@ from .models import Policy, cache_dir, generate, load_policy
 from .preferences import PreferenceDataset, all_pairs_dataset
 from .prompts import prompt_set
 from .rewards import gold_reward
-from .train import DPOConfig, DPOTrainer, TrainResult
+from .train import RENAMED, DPOConfig, DPOTrainer, TrainResult
 
 
 DPO_DEFAULTS = dict(beta=0.1, learning_rate=2e-4, batch_size=8, num_epochs=2, trainable_layers=4, seed=0)
@@ -83,8 +83,8 @@ def preference_data(rec: Recipe, policy: Policy) -> PreferenceDataset:
 
 
 def dpo_config(rec: Recipe, *, progress: bool = False) -> DPOConfig:
-    """The recipe's DPO configuration."""
-    return DPOConfig(**rec.dpo, progress=progress)
+    """The recipe's DPO configuration (recipes keep their original field names: their cache keys hash them)."""
+    return DPOConfig(**{RENAMED.get(k, k): v for k, v in rec.dpo.items()}, progress=progress)
 
 
 def _dir(rec: Recipe) -> Path:

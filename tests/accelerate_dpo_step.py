@@ -40,8 +40,8 @@ def main(out_dir: str) -> None:
     policy = tiny_policy(seed=0, device="cpu")
     reference = tiny_policy(seed=1, device="cpu")  # ≠ policy, so the first loss is not ln 2 by construction
     config = DPOConfig(
-        batch_size=GLOBAL_BATCH // num_processes, optimizer="sgd", learning_rate=0.1, max_grad_norm=None,
-        max_steps=1, num_epochs=1, progress=False, chat=False, seed=0,
+        per_device_train_batch_size=GLOBAL_BATCH // num_processes, optimizer="sgd", learning_rate=0.1, max_grad_norm=None,
+        max_steps=1, num_train_epochs=1, progress=False, chat=False, seed=0,
     )
     result = DPOTrainer(policy, DATA, config, ref_policy=reference).train()
     state = PartialState()  # the state the trainer ran under
@@ -57,7 +57,7 @@ def main(out_dir: str) -> None:
             "steps": len(result.history),
             "num_processes": num_processes,
             "distributed_type": str(state.distributed_type),
-            "batch_size": config.batch_size,
+            "batch_size": config.per_device_train_batch_size,
             "torch_threads": torch.get_num_threads(),
         }))
     state.wait_for_everyone()

@@ -59,7 +59,7 @@ def left_pad(batch: dict[str, torch.Tensor], extra: int = 0) -> dict[str, torch.
 
 @pytest.fixture(scope="module")
 def batch(tiny):
-    return encode_pairs(tiny, PROMPTS, COMPLETIONS)
+    return encode_pairs(tiny, PROMPTS, COMPLETIONS, add_eos=False)  # the bare layout (no eos)
 
 
 # ---------------------------------------------------------------------------------------------- completion_logprobs
@@ -95,7 +95,7 @@ def test_a_row_scores_the_same_alone_and_in_a_batch(tiny, batch):
     with torch.no_grad():
         together = completion_logprobs(tiny.model, **batch).per_sequence
         alone = [
-            completion_logprobs(tiny.model, **encode_pairs(tiny, [p], [c])).per_sequence
+            completion_logprobs(tiny.model, **encode_pairs(tiny, [p], [c], add_eos=False)).per_sequence
             for p, c in zip(PROMPTS, COMPLETIONS)
         ]
     torch.testing.assert_close(together, torch.cat(alone), rtol=0, atol=1e-5)
@@ -155,9 +155,9 @@ def test_encode_pairs_splits_exactly_at_the_completion_boundary(tiny, batch):
         assert bool(cm[n - len(ids_of(tiny, c)) : n].all())  # the completion ends the row
 
 
-def test_encode_pairs_add_eos_appends_eos_to_the_completion(tiny):
-    plain = encode_pairs(tiny, PROMPTS[:1], COMPLETIONS[:1])
-    with_eos = encode_pairs(tiny, PROMPTS[:1], COMPLETIONS[:1], add_eos=True)
+def test_encode_pairs_appends_eos_to_the_completion_by_default(tiny):
+    plain = encode_pairs(tiny, PROMPTS[:1], COMPLETIONS[:1], add_eos=False)
+    with_eos = encode_pairs(tiny, PROMPTS[:1], COMPLETIONS[:1])
     c = with_eos["input_ids"][0][with_eos["completion_mask"][0].bool()].tolist()
     assert c == ids_of(tiny, COMPLETIONS[0]) + [tiny.eos_token_id]
     assert with_eos["input_ids"].shape[1] == plain["input_ids"].shape[1] + 1
@@ -166,17 +166,17 @@ def test_encode_pairs_add_eos_appends_eos_to_the_completion(tiny):
 def test_encode_pairs_max_length_truncates_only_the_completion(tiny):
     p_ids, c_ids = ids_of(tiny, PROMPTS[0]), ids_of(tiny, COMPLETIONS[0])
     limit = len(p_ids) + 2
-    out = encode_pairs(tiny, PROMPTS[:1], COMPLETIONS[:1], max_length=limit)
+    out = encode_pairs(tiny, PROMPTS[:1], COMPLETIONS[:1], max_length=limit, add_eos=False)
     ids, cm = out["input_ids"][0], out["completion_mask"][0].bool()
     assert out["input_ids"].shape == (1, limit)
     assert ids[~cm].tolist() == p_ids
     assert ids[cm].tolist() == c_ids[:2]
-    roomy = encode_pairs(tiny, PROMPTS[:1], COMPLETIONS[:1], max_length=100)
+    roomy = encode_pairs(tiny, PROMPTS[:1], COMPLETIONS[:1], max_length=100, add_eos=False)
     assert roomy["input_ids"].shape[1] == len(p_ids) + len(c_ids)
 
 
 def test_encode_pairs_gives_an_empty_prompt_one_context_token(tiny):
-    out = encode_pairs(tiny, [""], ["good"])
+    out = encode_pairs(tiny, [""], ["good"], add_eos=False)
     assert out["input_ids"].tolist() == [[tiny.eos_token_id, ids_of(tiny, "good")[0]]]
     assert out["completion_mask"].tolist() == [[0, 1]]
 
@@ -193,17 +193,17 @@ def test_encode_ids_builds_the_same_layout_as_encode_pairs(tiny, batch):
 def test_sequence_logprobs_equals_per_sequence_of_completion_logprobs(tiny, batch):
     with torch.no_grad():
         expected = completion_logprobs(tiny.model, **batch).per_sequence
-    got = sequence_logprobs(tiny, PROMPTS, COMPLETIONS)
+    got = sequence_logprobs(tiny, PROMPTS, COMPLETIONS, add_eos=False)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert not got.requires_grad
-    small_batches = sequence_logprobs(tiny, PROMPTS, COMPLETIONS, batch_size=1)
+    small_batches = sequence_logprobs(tiny, PROMPTS, COMPLETIONS, batch_size=1, add_eos=False)
     torch.testing.assert_close(small_batches, expected, rtol=0, atol=1e-5)
 
 
-def test_sequence_logprobs_with_eos_adds_the_eos_logprob(tiny):
-    base = sequence_logprobs(tiny, PROMPTS, COMPLETIONS)
-    with_eos = sequence_logprobs(tiny, PROMPTS, COMPLETIONS, add_eos=True)
-    batch = encode_pairs(tiny, PROMPTS, COMPLETIONS, add_eos=True)
+def test_sequence_logprobs_by_default_adds_the_eos_logprob(tiny):
+    base = sequence_logprobs(tiny, PROMPTS, COMPLETIONS, add_eos=False)
+    with_eos = sequence_logprobs(tiny, PROMPTS, COMPLETIONS)
+    batch = encode_pairs(tiny, PROMPTS, COMPLETIONS)
     with torch.no_grad():
         per_token = completion_logprobs(tiny.model, **batch).per_token
     last = batch["attention_mask"].sum(dim=1) - 1
@@ -283,9 +283,14 @@ def test_no_pairs_are_rejected(tiny):
 
 
 @pytest.mark.parametrize("completion", ["", "   "])
-def test_completion_with_no_tokens_is_rejected(tiny, completion):
+def test_completion_with_no_tokens_is_rejected_without_eos(tiny, completion):
     with pytest.raises(ValueError, match=r"pair 1: the completion .* has no tokens to score"):
-        encode_pairs(tiny, PROMPTS[:2], ["good", completion])
+        encode_pairs(tiny, PROMPTS[:2], ["good", completion], add_eos=False)
+
+
+def test_an_empty_finished_completion_is_just_eos(tiny):
+    out = encode_pairs(tiny, PROMPTS[:1], [""])
+    assert out["input_ids"][0][out["completion_mask"][0].bool()].tolist() == [tiny.eos_token_id]
 
 
 def test_prompt_at_least_max_length_is_rejected(tiny):

@@ -1,4 +1,4 @@
-"""Tests for alignlecture.train: the DPO trainer (full, top-layer and LoRA training) on tiny random Llamas."""
+"""Tests for alignlecture.train and .checkpoint: the DPO trainer (full, top-layer and LoRA) on tiny random Llamas."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ LN2 = math.log(2.0)
 
 def config(**kw) -> DPOConfig:
     """A quiet, plain-text (chat=False) config with test-sized defaults."""
-    base = dict(batch_size=4, learning_rate=1e-2, progress=False, chat=False, seed=0)
+    base = dict(per_device_train_batch_size=4, learning_rate=1e-2, progress=False, chat=False, seed=0)
     base.update(kw)
     return DPOConfig(**base)
 
@@ -49,15 +49,15 @@ def assert_states_equal(a: dict, b: dict, atol: float = 0.0) -> None:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
 
 
-def train(policy=None, data=DATA, ref_policy=None, **kw):
+def train(policy=None, data=DATA, ref_policy=None, peft_config=None, resume=None, **kw):
     policy = policy if policy is not None else tiny_policy(seed=0, device="cpu")
-    return DPOTrainer(policy, data, config(**kw), ref_policy=ref_policy).train()
+    return DPOTrainer(policy, data, config(**kw), ref_policy=ref_policy, peft_config=peft_config).train(resume)
 
 
 # ---------------------------------------------------------------------------------------------- learning
 @pytest.fixture(scope="module")
 def six_epochs():
-    return train(num_epochs=6)
+    return train(num_train_epochs=6)
 
 
 def test_loss_falls_and_reward_margin_and_accuracy_rise_over_epochs(six_epochs):
@@ -95,13 +95,13 @@ def test_result_returns_the_policy_trained_in_place_in_eval_mode():
 
 
 def test_same_config_and_seed_give_identical_weights_and_history():
-    a, b = train(num_epochs=2), train(num_epochs=2)
+    a, b = train(num_train_epochs=2), train(num_train_epochs=2)
     assert_states_equal(state(a.policy), state(b.policy))
     assert a.history == b.history
 
 
 def test_different_seed_gives_different_weights_and_history():
-    a, b = train(num_epochs=2, seed=0), train(num_epochs=2, seed=1)
+    a, b = train(num_train_epochs=2, seed=0), train(num_train_epochs=2, seed=1)
     sa, sb = state(a.policy), state(b.policy)
     assert any(not torch.equal(sa[k], sb[k]) for k in sa)
     assert a.history != b.history
@@ -110,8 +110,8 @@ def test_different_seed_gives_different_weights_and_history():
 def test_gradient_accumulation_equals_one_big_batch():
     kw = dict(optimizer="sgd", learning_rate=0.5, max_grad_norm=None, max_steps=1)
     initial = state(tiny_policy(seed=0, device="cpu"))
-    big = train(batch_size=8, gradient_accumulation_steps=1, **kw)
-    accumulated = train(batch_size=4, gradient_accumulation_steps=2, **kw)
+    big = train(per_device_train_batch_size=8, gradient_accumulation_steps=1, **kw)
+    accumulated = train(per_device_train_batch_size=4, gradient_accumulation_steps=2, **kw)
     assert len(big.history) == len(accumulated.history) == 1
     assert big.history[0]["loss"] == pytest.approx(accumulated.history[0]["loss"], abs=1e-6)
     sb = state(big.policy)
@@ -121,7 +121,7 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 def test_reference_policy_is_used_for_reference_log_probs():
     ref = tiny_policy(seed=1, device="cpu")
-    result = train(ref_policy=ref, batch_size=8, max_steps=1)
+    result = train(ref_policy=ref, per_device_train_batch_size=8, max_steps=1)
     # by hand, on fresh copies: every pair is in the one batch of 8, so the mean does not depend on the order
     policy0, ref0 = tiny_policy(seed=0, device="cpu"), tiny_policy(seed=1, device="cpu")
     batch = encode_pairs(policy0, PROMPTS + PROMPTS, CHOSEN + REJECTED, chat=False, add_eos=True)
@@ -136,7 +136,7 @@ def test_reference_policy_is_used_for_reference_log_probs():
 
 
 def test_ipo_loss_type_runs_and_starts_at_one_over_four_beta_squared():
-    result = train(loss_type="ipo", beta=0.1, num_epochs=3)
+    result = train(loss_type="ipo", beta=0.1, num_train_epochs=3)
     losses = [row["loss"] for row in result.history]
     assert losses[0] == pytest.approx(1 / (4 * 0.1**2), rel=1e-6)  # h = 0 at the start: (0 − 1/(2β))²
     assert all(math.isfinite(x) for x in losses)
@@ -147,7 +147,7 @@ def test_ipo_loss_type_runs_and_starts_at_one_over_four_beta_squared():
 def test_trainable_layers_trains_only_top_blocks_and_final_norm():
     policy = tiny_policy(seed=0, num_layers=4, device="cpu")
     before = state(policy)
-    train(policy, trainable_layers=2, num_epochs=2)
+    train(policy, trainable_layers=2, num_train_epochs=2)
     after = state(policy)
     trains = ("model.layers.2.", "model.layers.3.", "model.norm.")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -196,17 +196,63 @@ def test_top_layers_refuse_a_model_without_llama_layers():
 
 
 # ---------------------------------------------------------------------------------------------- LoRA
-def test_lora_changes_merged_attention_weights_and_returns_a_plain_model():
+def lora(**kw):
+    from peft import LoraConfig
+
+    return LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0, **kw})
+
+
+def logps(model, policy, data=DATA):
+    batch = encode_pairs(policy, data["prompt"], data["chosen"], chat=False)
+    with torch.no_grad():
+        return completion_logprobs(model, **batch).per_sequence
+
+
+def test_lora_adapter_is_saved_in_peft_format_and_reloads_to_the_trained_log_probs(tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "run"
     fresh = state(tiny_policy(seed=0, device="cpu"))
-    result = train(lora_r=4, max_steps=2)
+    result = train(peft_config=lora(target_modules=["q_proj", "o_proj", "down_proj"], r=2), max_steps=2, output_dir=str(out))
+    assert result.output_dir == str(out)
+    assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.json"} <= set(os.listdir(out))
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"q_proj", "o_proj", "down_proj"} and config["r"] == 2
+    trained = logps(result.policy.model, result.policy)
+    base = tiny_policy(seed=0, device="cpu")
+    reloaded = PeftModel.from_pretrained(base.model, str(out)).eval()
+    torch.testing.assert_close(logps(reloaded, base), trained, rtol=0, atol=1e-6)
+    assert (trained - logps(tiny_policy(seed=0, device="cpu").model, base)).abs().max() > 1e-3  # training did move it
+
+
+def test_lora_leaves_the_base_weights_untouched_and_merging_is_opt_in():
+    fresh = tiny_policy(seed=0, device="cpu")
+    result = train(peft_config=lora(), max_steps=2)
     model = result.policy.model
-    assert type(model).__name__ == "LlamaForCausalLM"
-    assert not hasattr(model, "peft_config") and not any("lora" in n for n, _ in model.named_parameters())
-    after = state(result.policy)
-    assert after.keys() == fresh.keys()
-    changed = {k for k in fresh if not torch.equal(fresh[k], after[k])}
-    assert changed == {k for k in fresh if k.endswith(("q_proj.weight", "v_proj.weight"))}
-    assert all(p.requires_grad for p in model.parameters())
+    assert hasattr(model, "peft_config")  # still the PeftModel: the adapter and the base are both there
+    with model.disable_adapter():
+        torch.testing.assert_close(logps(model, fresh), logps(fresh.model, fresh), rtol=0, atol=0)
+    trained = logps(model, fresh)
+    merged = model.merge_and_unload()
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    torch.testing.assert_close(logps(merged, fresh), trained, rtol=0, atol=1e-5)
+    changed = {k for k, v in state(fresh).items() if not torch.equal(v, merged.state_dict()[k])}
+    assert changed == {k for k in changed if k.endswith(("q_proj.weight", "v_proj.weight"))} and changed
+
+
+def test_lora_config_that_targets_no_module_is_refused():
+    with pytest.raises(ValueError, match=r"matches no module of LlamaForCausalLM; its linear layers are named .*'q_proj'"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), DATA, config(), peft_config=lora(target_modules=["query"]))
+
+
+def test_peft_config_must_be_a_peft_config():
+    with pytest.raises(TypeError, match="peft_config must be a peft config"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), DATA, config(), peft_config={"r": 4})
+
+
+def test_peft_config_and_trainable_layers_are_exclusive():
+    with pytest.raises(ValueError, match="choose one of trainable_layers"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), DATA, config(trainable_layers=1), peft_config=lora())
 
 
 # ---------------------------------------------------------------------------------------------- divergence
@@ -229,7 +275,7 @@ def test_nan_loss_raises_and_restores_weights_of_the_last_good_step(monkeypatch)
     monkeypatch.setattr(train_mod, "dpo_loss", nan_from_call(2))
     policy = tiny_policy(seed=0, device="cpu")
     with pytest.raises(TrainingDiverged, match=r"optimizer step 2; that update was not applied, so the weights are restored to step 1"):
-        train(policy, num_epochs=3)
+        train(policy, num_train_epochs=3)
     assert_states_equal(state(policy), after_one)
 
 
@@ -250,12 +296,20 @@ def test_requires_grad_flags_are_restored_after_divergence(monkeypatch):
     assert all(p.requires_grad for p in policy.model.parameters())
 
 
-def test_lora_divergence_leaves_a_plain_model(monkeypatch):
+def test_lora_divergence_keeps_the_adapter_of_the_last_good_step(monkeypatch):
+    one = logps(train(peft_config=lora(), max_steps=1).policy.model, tiny_policy(seed=0, device="cpu"))
     monkeypatch.setattr(train_mod, "dpo_loss", nan_from_call(2))
     policy = tiny_policy(seed=0, device="cpu")
-    with pytest.raises(TrainingDiverged):
-        train(policy, lora_r=4)
-    assert type(policy.model).__name__ == "LlamaForCausalLM"
+    with pytest.raises(TrainingDiverged, match="no checkpoint was saved before it"):
+        train(policy, peft_config=lora())
+    assert hasattr(policy.model, "peft_config")
+    torch.testing.assert_close(logps(policy.model, policy), one, rtol=0, atol=0)
+
+
+def test_divergence_names_the_last_good_checkpoint(monkeypatch, tmp_path):
+    monkeypatch.setattr(train_mod, "dpo_loss", nan_from_call(4))
+    with pytest.raises(TrainingDiverged, match=r"the last checkpoint is .*checkpoint-2 \(resume from it"):
+        train(num_train_epochs=3, output_dir=str(tmp_path / "run"), save_steps=2)
 
 
 def test_weights_restored_after_divergence_are_finite_even_when_gradients_went_nan(monkeypatch):
@@ -271,28 +325,165 @@ def test_weights_restored_after_divergence_are_finite_even_when_gradients_went_n
     monkeypatch.setattr(train_mod, "dpo_loss", nan_gradient_at_call_2)
     policy = tiny_policy(seed=0, device="cpu")
     with pytest.raises(TrainingDiverged, match="restored"):
-        train(policy, batch_size=2, optimizer="sgd", max_grad_norm=None)
+        train(policy, per_device_train_batch_size=2, optimizer="sgd", max_grad_norm=None)
     assert all(bool(torch.isfinite(p).all()) for p in policy.model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def test_checkpoint_holds_only_trainable_tensors_and_leaves_no_temp_files(tmp_path):
-    from safetensors import safe_open
+def test_checkpoints_every_save_steps_hold_weights_optimizer_scheduler_rng_and_state(tmp_path):
     from safetensors.torch import load_file
 
-    out = tmp_path / "ckpt"
+    out = tmp_path / "run"
     policy = tiny_policy(seed=0, device="cpu")
-    train(policy, trainable_layers=1, max_steps=2, checkpoint_dir=str(out), checkpoint_every=1)
-    assert sorted(os.listdir(out)) == ["trainable.safetensors"]
-    saved = load_file(str(out / "trainable.safetensors"))
+    result = train(policy, trainable_layers=1, max_steps=4, save_steps=2, output_dir=str(out))
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-2", "checkpoint-4"]
+    assert not [p for p in out.rglob(".*")]  # no temp files or dirs left
+    files = set(os.listdir(out / "checkpoint-4"))
+    assert files == {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"}
+    saved = load_file(str(out / "checkpoint-4" / "trainable.safetensors"))
     top = policy.model.model.layers[-1]
     expected = {f"layers.0.{k}": v for k, v in top.state_dict().items()}
     expected["norm.weight"] = policy.model.model.norm.weight.detach()
     assert saved.keys() == expected.keys()  # no embeddings, lm_head or lower blocks
     for k, v in expected.items():
         assert torch.equal(saved[k], v), k
-    with safe_open(str(out / "trainable.safetensors"), "pt") as f:
-        assert f.metadata()["step"] == "2"
+    trainer_state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert trainer_state["global_step"] == 2 and trainer_state["log_history"] == result.history[:2]
+    assert train_mod.latest_checkpoint(out) == out / "checkpoint-4"
+
+
+def test_final_save_of_a_full_fine_tune_loads_with_load_policy(tmp_path):
+    from alignlecture.models import load_policy
+
+    out = tmp_path / "run"
+    result = train(max_steps=2, output_dir=str(out), save_steps=0)
+    assert not list(out.glob("checkpoint-*"))
+    loaded = load_policy(str(out), device="cpu")
+    assert loaded.source == "local"
+    assert_states_equal(state(loaded), state(result.policy))
+
+
+@pytest.mark.parametrize("mode", ["full", "top", "lora"])
+def test_two_steps_then_resume_then_two_steps_equal_four_steps_bit_for_bit(tmp_path, mode):
+    kw = {"full": {}, "top": {"trainable_layers": 1}, "lora": {}}[mode]
+    # lora_dropout with dropout on: the resumed run must also restore torch's random generator
+    peft = (lambda: lora(lora_dropout=0.3)) if mode == "lora" else (lambda: None)
+    extra = {"disable_dropout": False} if mode == "lora" else {}
+    straight = train(max_steps=4, peft_config=peft(), **kw, **extra)
+    out = str(tmp_path / "run")
+    first = train(max_steps=2, save_steps=2, output_dir=out, peft_config=peft(), **kw, **extra)
+    assert first.history == straight.history[:2]
+    resumed = train(max_steps=4, save_steps=2, output_dir=out, peft_config=peft(), resume=True, **kw, **extra)
+    assert resumed.history == straight.history
+    assert_states_equal(state(resumed.policy), state(straight.policy))
+    assert (tmp_path / "run" / "checkpoint-4").is_dir()
+
+
+def test_resume_refuses_a_checkpoint_from_another_config_model_or_data(tmp_path):
+    out = str(tmp_path / "run")
+    trained = train(max_steps=2, save_steps=2, output_dir=out).policy
+    with pytest.raises(ValueError, match=r"another config \(beta: 0.1 → 0.2\)"):
+        train(max_steps=4, output_dir=out, beta=0.2, resume=True)
+    with pytest.raises(ValueError, match="another model .*fresh copy of the base"):
+        train(trained, max_steps=4, output_dir=out, resume=True)
+    with pytest.raises(ValueError, match="made on other data"):
+        train(data={k: v[::-1] for k, v in DATA.items()}, max_steps=4, output_dir=out, resume=True)
+    with pytest.raises(ValueError, match="is not a checkpoint directory"):
+        train(max_steps=4, output_dir=out, resume=str(tmp_path))
+    with pytest.raises(ValueError, match="holds no checkpoint-N"):
+        train(max_steps=4, output_dir=str(tmp_path / "empty"), resume=True)
+
+
+def test_non_empty_output_dir_is_refused_unless_overwrite_output_dir(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not empty; pass overwrite_output_dir=True"):
+        train(max_steps=1, output_dir=str(tmp_path))
+    train(max_steps=1, output_dir=str(tmp_path), overwrite_output_dir=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- TRL semantics
+def test_max_steps_overrides_the_number_of_epochs():
+    assert [r["step"] for r in train(max_steps=3).history] == [1, 2, 3]  # 8 pairs / 4 = 2 steps per epoch
+    assert [r["step"] for r in train(max_steps=5, num_train_epochs=9).history] == [1, 2, 3, 4, 5]
+
+
+def test_a_max_steps_run_is_the_prefix_of_a_longer_run():
+    assert train(max_steps=3).history == train(num_train_epochs=3).history[:3]
+
+
+def test_logging_steps_logs_the_mean_over_each_window_and_the_last_step():
+    every = train(max_steps=5).history
+    sparse = train(max_steps=5, logging_steps=2).history
+    assert [r["step"] for r in sparse] == [2, 4, 5]
+    assert sparse[0]["loss"] == pytest.approx((every[0]["loss"] + every[1]["loss"]) / 2, abs=1e-12)
+    assert sparse[2]["loss"] == every[4]["loss"]
+
+
+def test_linear_schedule_with_warmup_follows_transformers():
+    from transformers import get_linear_schedule_with_warmup
+
+    factor = train_mod._schedule("linear", 2, 10)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = get_linear_schedule_with_warmup(opt, 2, 10)
+    for s in range(11):
+        assert factor(s) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12), s
+        opt.step()
+        ref.step()
+
+
+def test_old_field_names_still_work_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="batch_size=…\) is now per_device_train_batch_size"):
+        old = DPOConfig(batch_size=4, num_epochs=2, max_steps=None, progress=False)
+    assert (old.per_device_train_batch_size, old.num_train_epochs, old.max_steps) == (4, 2, -1)
+    with pytest.raises(TypeError, match="pass peft_config=LoraConfig"):
+        DPOConfig(lora_r=4)
+
+
+# ---------------------------------------------------------------------------------------------- datasets and eos
+def dataset_forms():
+    import datasets
+
+    from alignlecture.preferences import PreferenceDataset, PreferencePair
+
+    records = [{"prompt": p, "chosen": c, "rejected": r, "id": i} for i, (p, c, r) in enumerate(zip(PROMPTS, CHOSEN, REJECTED))]
+    pairs = PreferenceDataset([PreferencePair(p, c, r, 1.0, 0.0) for p, c, r in zip(PROMPTS, CHOSEN, REJECTED)])
+    return {"records": records, "columns": DATA, "datasets.Dataset": datasets.Dataset.from_dict(DATA),
+            "PreferenceDataset": pairs}
+
+
+@pytest.mark.parametrize("form", ["records", "datasets.Dataset", "PreferenceDataset"])
+def test_every_dataset_form_trains_like_a_mapping_of_columns(form):
+    assert train(data=dataset_forms()[form], max_steps=2).history == train(max_steps=2).history
+
+
+def test_a_record_missing_a_field_is_named():
+    records = dataset_forms()["records"]
+    del records[2]["rejected"]
+    with pytest.raises(ValueError, match="record 2 has no 'rejected' field"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), records, config())
+
+
+def test_conversational_records_are_refused_with_the_fix():
+    records = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": "good", "rejected": "bad"}]
+    with pytest.raises(ValueError, match="record 0: 'prompt' is a list, not a str"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), records, config())
+
+
+def test_first_step_logps_equal_sequence_logprobs_and_dpo_evaluate_on_the_same_pairs():
+    from alignlecture.dpo import evaluate
+    from alignlecture.logprobs import sequence_logprobs
+
+    policy0 = tiny_policy(seed=0, device="cpu")
+    first = train(per_device_train_batch_size=8, max_steps=1).history[0]  # every pair in the one first batch
+    chosen = sequence_logprobs(policy0, PROMPTS, CHOSEN, chat=False)  # the package's default: eos appended
+    rejected = sequence_logprobs(policy0, PROMPTS, REJECTED, chat=False)
+    assert first["logps/chosen"] == pytest.approx(float(chosen.mean()), abs=1e-5)
+    assert first["logps/rejected"] == pytest.approx(float(rejected.mean()), abs=1e-5)
+    report = evaluate(policy0, policy0, DATA, chat=False)
+    assert report["loss"] == pytest.approx(LN2, abs=1e-6)
+    for key in ("loss", "rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+        assert report[key] == pytest.approx(first[key], abs=1e-5), key
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -309,7 +500,7 @@ def test_mismatched_column_lengths_are_refused():
 @pytest.mark.parametrize("missing", ["prompt", "chosen", "rejected"])
 def test_dataset_missing_a_column_is_refused(missing):
     data = {k: v for k, v in DATA.items() if k != missing}
-    with pytest.raises(ValueError, match="mapping with prompt/chosen/rejected columns"):
+    with pytest.raises(ValueError, match=f"the dataset has no '{missing}' column"):
         DPOTrainer(tiny_policy(seed=0, device="cpu"), data, config())
 
 
@@ -318,12 +509,14 @@ def test_dataset_missing_a_column_is_refused(missing):
     [
         ({"beta": 0}, "beta must be a positive finite number"),
         ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\)"),
-        ({"batch_size": 0}, "batch_size must be positive"),
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be positive"),
         ({"learning_rate": float("nan")}, "learning_rate must be positive"),
-        ({"max_steps": 0}, "max_steps must be ≥ 1 or None"),
+        ({"max_steps": 0}, "max_steps must be a positive number of optimizer steps, or -1"),
+        ({"max_steps": -2}, "max_steps must be a positive number of optimizer steps, or -1"),
+        ({"save_steps": -1}, "save_steps must be an integer ≥ 0"),
+        ({"lr_scheduler_type": "step"}, "lr_scheduler_type must be one of"),
         ({"optimizer": "adam"}, "optimizer must be 'adamw' or 'sgd'"),
         ({"trainable_layers": 0}, "trainable_layers must be ≥ 1 or None"),
-        ({"trainable_layers": 1, "lora_r": 4}, "choose one of trainable_layers"),
         ({"loss_type": "hinge", "label_smoothing": 0.1}, "label_smoothing applies to the 'sigmoid' and 'robust'"),
     ],
 )
@@ -352,7 +545,7 @@ def test_prompt_longer_than_max_length_is_refused():
 
 def test_too_few_pairs_for_one_step_is_refused():
     data = {k: v[:3] for k, v in DATA.items()}
-    with pytest.raises(ValueError, match="3 pairs give no full optimizer step at batch_size=4"):
+    with pytest.raises(ValueError, match="3 pairs give no full optimizer step at per_device_train_batch_size=4"):
         train(data=data)
 
 
