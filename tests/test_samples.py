@@ -1,0 +1,64 @@
+"""Tests for alignlecture.samples: pools of generations are computed once per key and read back unchanged."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignlecture import samples
+from alignlecture.models import tiny_policy
+from alignlecture.widgets import token_strip
+
+PROMPTS = ["describe a dog", "tell me about coffee"]
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNLECTURE_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_sample_is_computed_once_and_read_back_identical(cache, monkeypatch):
+    pi = tiny_policy(seed=0)
+    first = samples.sample(pi, PROMPTS, max_new_tokens=5, seed=3)
+    import alignlecture.models as models
+
+    monkeypatch.setattr(models, "generate", lambda *a, **k: pytest.fail("a cached pool was generated again"))
+    again = samples.sample(pi, PROMPTS, max_new_tokens=5, seed=3)
+    assert again.completion_ids == first.completion_ids and again.texts == first.texts
+    assert len(list((cache / "samples").glob("*.pt"))) == 1
+
+
+def test_sample_keys_separate_seeds_systems_and_weights(cache):
+    pi = tiny_policy(seed=0)
+    samples.sample(pi, PROMPTS, max_new_tokens=4, seed=1)
+    samples.sample(pi, PROMPTS, max_new_tokens=4, seed=2)
+    samples.sample_mixed([pi, tiny_policy(seed=1, name="other")], [0.5, 0.5], PROMPTS, max_new_tokens=4, seed=1)
+    samples.sample_mixed([pi, tiny_policy(seed=1, name="other")], [1.5, -0.5], PROMPTS, max_new_tokens=4, seed=1)
+    assert len(list((cache / "samples").glob("*.pt"))) == 4
+    assert samples.policy_key(pi) != samples.policy_key(pi.with_system_prompt("be brief"))
+
+
+def test_policy_key_names_the_zoo_recipes_of_a_merge():
+    class Named:
+        name, source, system_prompt = "0.5·smollm2-positivity + 0.5·smollm2-neutrality", "merged", None
+
+    key = samples.policy_key(Named())
+    assert {"smollm2-positivity", "smollm2-neutrality"} <= set(key["recipes"])
+
+
+def test_sample_refuses_a_bare_string_prompt(cache):
+    with pytest.raises(TypeError, match="list of str"):
+        samples.sample(tiny_policy(seed=0), "describe a dog", max_new_tokens=3, seed=0)
+
+
+def test_token_strip_needs_one_value_per_token():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    token_strip(ax, ["a", "b"], [0.1, -0.2])
+    with pytest.raises(ValueError, match="one entry per token"):
+        token_strip(ax, ["a", "b"], [0.1])
+    plt.close(fig)
