@@ -186,3 +186,61 @@ def measured_rates(gap: torch.Tensor, *, floor: float = 1e-12, window: int = 5) 
     xc = x - x.mean()
     order = float((xc * (y - y.mean())).sum() / (xc * xc).sum())
     return rate, order
+
+
+# ---------------------------------------------------------------------------------------------- a real LM
+LM_SAMPLERS = ("reference", "mix-p")
+
+
+def sample_pairs(policy, ref_policy, prompts: list[str], sampler: str, *, alpha: float = 1.0, seed: int = 0,
+                 max_new_tokens: int = 32) -> tuple[list[str], list[str]]:
+    """Two responses per prompt: ``"reference"`` draws both from π_ref (the fixed sampler, DPO-Unif's stand-in);
+    ``"mix-p"`` draws, for every other prompt, one response from π^{1+α}π_ref^{−α} and one from π^{1−α}π_ref^{α}
+    (chapter 3's logit-mixing decoder: away from π_ref along what training changed, and back), and keeps the
+    rest on π_ref — the paper's mixture of a uniform part and a policy-dependent part."""
+    from .mixing import generate_mixed
+    from .models import generate
+
+    one_of(sampler, "sampler", LM_SAMPLERS)
+    alpha = positive_finite(alpha, "alpha", "how far the mix-p sampler extrapolates from π_ref")
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=True)
+    both = generate(ref_policy, [x for x in prompts for _ in range(2)], seed=seed, **kw).texts
+    first, second = both[0::2], both[1::2]
+    if sampler == "mix-p":
+        odd = prompts[1::2]
+        up = generate_mixed([policy, ref_policy], [1 + alpha, -alpha], odd, seed=seed + 1, **kw).texts
+        down = generate_mixed([policy, ref_policy], [1 - alpha, alpha], odd, seed=seed + 2, **kw).texts
+        first[1::2], second[1::2] = up, down
+    return first, second
+
+
+def lm_online_dpo(policy, ref_policy, gold, prompts: list[str], eval_prompts: list[str], sampler: str, *,
+                  rounds: int, config, alpha: float = 1.0, label_scale: float = 10.0, eval_samples: int = 2,
+                  max_new_tokens: int = 32, seed: int = 0) -> dict:
+    """Online DPO rounds on an LM: sample pairs, label them with ``gold`` (Bradley–Terry, ``label_scale``), one
+    ``train.DPOTrainer`` run against the fixed ``ref_policy``; ``policy`` trains in place.
+
+    Returns {"eval": Tensor [rounds+1, len(eval_prompts)] (mean gold reward of ``eval_samples`` samples per
+    held-out prompt before round 1 and after each round), "pair_rewards": Tensor [rounds, len(prompts), 2]}.
+    """
+    from .models import generate
+    from .preferences import build_preference_dataset
+    from .train import DPOTrainer
+
+    rounds = positive_int(rounds, "rounds")
+    eval_samples = positive_int(eval_samples, "eval_samples")
+
+    def evaluate(t):
+        texts = generate(policy, [x for x in eval_prompts for _ in range(eval_samples)], seed=seed + 1000 + t,
+                         max_new_tokens=max_new_tokens).texts
+        return gold(texts).view(len(eval_prompts), eval_samples).mean(dim=1)
+
+    scores, pair_rewards = [evaluate(0)], []
+    for t in range(rounds):
+        first, second = sample_pairs(policy, ref_policy, prompts, sampler, alpha=alpha, seed=seed + 10 * t,
+                                     max_new_tokens=max_new_tokens)
+        pair_rewards.append(torch.stack([gold(first), gold(second)], dim=1))
+        data = build_preference_dataset(prompts, first, second, gold, scale=label_scale, seed=seed + t)
+        DPOTrainer(policy, data, config, ref_policy=ref_policy).train()
+        scores.append(evaluate(t + 1))
+    return {"eval": torch.stack(scores), "pair_rewards": torch.stack(pair_rewards)}

@@ -212,3 +212,53 @@ def test_rates_refuse_an_unknown_sampler_and_a_too_short_curve():
         online.local_rate(bandit(4), 1.0, "newton", 1.0)
     with pytest.raises(ValueError, match="need ≥ 3 steps"):
         online.measured_rates(torch.tensor([1.0, 1e-20, 1e-30]))
+
+
+# ---------------------------------------------------------------------------------------------- a real LM (tiny)
+def _count_good(texts):
+    return torch.tensor([float(t.split().count("good")) for t in texts], dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    from alignlecture.models import tiny_policy
+
+    return tiny_policy(seed=0, device="cpu"), tiny_policy(seed=0, device="cpu")
+
+
+def test_mix_p_pairs_come_from_the_reference_while_the_policy_equals_it(tiny_pair):
+    policy, ref = tiny_pair
+    prompts = ["tell me about the day", "describe a dog", "write one sentence", "what about coffee"]
+    a = online.sample_pairs(policy, ref, prompts, "reference", seed=3, max_new_tokens=5)
+    b = online.sample_pairs(policy, ref, prompts, "mix-p", seed=3, max_new_tokens=5)
+    assert len(a[0]) == len(a[1]) == 4
+    assert a[0][0::2] == b[0][0::2] and a[1][0::2] == b[1][0::2]  # the uniform half is the same draw
+    # with π = π_ref every mix π^{1±α}π_ref^{∓α} is π_ref itself: the mixed decoder samples it
+    from alignlecture.mixing import generate_mixed
+
+    same = generate_mixed([ref], [1.0], prompts[1::2], seed=4, max_new_tokens=5, do_sample=True).texts
+    assert b[0][1::2] == same
+
+
+def test_lm_online_dpo_rounds_train_the_policy_and_report_one_row_per_round():
+    from alignlecture.models import tiny_policy
+    from alignlecture.train import DPOConfig
+
+    policy, ref = tiny_policy(seed=1, device="cpu"), tiny_policy(seed=1, device="cpu")
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    config = DPOConfig(per_device_train_batch_size=2, learning_rate=1e-3, progress=False)
+    out = online.lm_online_dpo(policy, ref, _count_good, ["describe a dog", "tell me about tea"],
+                               ["write one sentence", "what about rain", "describe a city"], "mix-p", rounds=2,
+                               config=config, eval_samples=2, max_new_tokens=4)
+    assert out["eval"].shape == (3, 3) and out["pair_rewards"].shape == (2, 2, 2)
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip([p for p in tiny_policy(seed=1).model.parameters()],
+                                                 ref.model.parameters()))  # the reference never trains
+
+
+def test_lm_samplers_refuse_unknown_names_and_bad_alpha(tiny_pair):
+    policy, ref = tiny_pair
+    with pytest.raises(ValueError, match="unknown sampler 'uniform'; choose one of 'reference', 'mix-p'"):
+        online.sample_pairs(policy, ref, ["a dog"], "uniform")
+    with pytest.raises(ValueError, match="alpha must be a positive finite number"):
+        online.sample_pairs(policy, ref, ["a dog"], "mix-p", alpha=0)
