@@ -209,30 +209,3 @@ def ensemble(proxies, probs, how: str = "mean") -> torch.Tensor:
     z = (r - mean[:, None]) / sd[:, None]
     return z.mean(dim=0) if how == "mean" else z.min(dim=0).values
 
-
-# ------------------------------------------------------------------------------------------- real models
-def sampled_pool(policy, prompts: Sequence[str], samples: int, *, max_new_tokens: int, seed: int) -> list[list[str]]:
-    """``samples`` completions per prompt from ``policy`` ([prompts][samples] texts), cached with cache.memo."""
-    from .cache import memo
-    from .models import generate
-
-    samples = positive_int(samples, "samples")
-    key = dict(code="goodhart.sampled_pool/1", model=policy.name, prompts=list(prompts), samples=samples,
-               max_new_tokens=max_new_tokens, seed=seed)
-
-    def compute():
-        gens = generate(policy, [x for x in prompts for _ in range(samples)], max_new_tokens=max_new_tokens,
-                        seed=seed, batch_size=48)
-        return [list(gens.texts[i * samples : (i + 1) * samples]) for i in range(len(prompts))]
-
-    return memo("pools", key, compute)
-
-
-def cached_features(policy, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
-    """``rewards.sequence_features`` of (prompt, completion) pairs, cached with cache.memo: float32 [n, hidden]."""
-    from .cache import memo
-    from .rewards import sequence_features
-
-    key = dict(code="goodhart.cached_features/1", model=policy.name, prompts=list(prompts),
-               completions=list(completions))
-    return memo("features", key, lambda: sequence_features(policy, list(prompts), list(completions)))
