@@ -220,6 +220,19 @@ class ToyWorld:
         logits = torch.randn(self.num_prefixes, self.vocab_size, generator=gen, dtype=DTYPE) / temperature
         return self.policy(torch.log_softmax(logits, dim=-1).to(self.device))
 
+    def markov_policy(self, seed: int = 0, temperature: float = 1.0) -> "TabularPolicy":
+        """A smaller model: the next token depends only on the position and the previous token (seeded).
+
+        One softmax of standard-normal logits / temperature per (depth, previous token) — max_len·V·V numbers
+        instead of the full table's P·V — spread over every prefix row with that depth and last token.
+        """
+        positive_finite(temperature, "temperature")
+        gen = torch.Generator().manual_seed(int(seed))
+        logits = torch.randn(self.max_len, self.vocab_size, self.vocab_size, generator=gen, dtype=DTYPE) / temperature
+        depth = torch.tensor([len(s) for s in self.prefixes()])
+        last = torch.tensor([s[-1] if s else EOS for s in self.prefixes()])  # row 0 (empty prefix) uses slot 0
+        return self.policy(torch.log_softmax(logits[depth, last], dim=-1).to(self.device))
+
     def uniform_policy(self) -> "TabularPolicy":
         """Every next token equally likely at every prefix."""
         table = torch.full((self.num_prefixes, self.vocab_size), -math.log(self.vocab_size), dtype=DTYPE)

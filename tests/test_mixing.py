@@ -131,28 +131,28 @@ def test_bad_weights_raise_naming_the_value(weights, message):
 def test_weights_one_zero_decode_exactly_the_models_own_greedy_generate(pair):
     a, b = pair
     own = generate(a, PROMPTS, max_new_tokens=12, do_sample=False)
-    mixed = generate_mixed([a, b], [1.0, 0.0], PROMPTS, max_new_tokens=12)
+    mixed = generate_mixed([a, b], [1.0, 0.0], PROMPTS, max_new_tokens=12, do_sample=False)
     assert mixed.completion_ids == own.completion_ids and mixed.texts == own.texts
     assert len({tuple(c) for c in mixed.completion_ids}) == 3  # the rows really differ
 
 
 def test_mixing_a_model_with_itself_at_half_half_equals_the_model(pair):
     a, _ = pair
-    alone = generate_mixed([a], [1.0], PROMPTS, max_new_tokens=10)
-    assert generate_mixed([a, a], [0.5, 0.5], PROMPTS, max_new_tokens=10).completion_ids == alone.completion_ids
+    alone = generate_mixed([a], [1.0], PROMPTS, max_new_tokens=10, do_sample=False)
+    assert generate_mixed([a, a], [0.5, 0.5], PROMPTS, max_new_tokens=10, do_sample=False).completion_ids == alone.completion_ids
 
 
 def test_a_left_padded_batch_decodes_like_one_prompt_at_a_time(pair):
-    batched = generate_mixed(pair, [0.6, 0.4], PROMPTS, max_new_tokens=10)
+    batched = generate_mixed(pair, [0.6, 0.4], PROMPTS, max_new_tokens=10, do_sample=False)
     for i, prompt in enumerate(PROMPTS):
-        single = generate_mixed(pair, [0.6, 0.4], [prompt], max_new_tokens=10)
+        single = generate_mixed(pair, [0.6, 0.4], [prompt], max_new_tokens=10, do_sample=False)
         assert single.completion_ids[0] == batched.completion_ids[i]
         n = len(single.completion_ids[0])
         assert torch.allclose(single.logprobs[:, 0, :n], batched.logprobs[:, i, :n], atol=1e-5)
 
 
 def test_each_row_stops_at_its_own_eos_and_is_masked_after(pair):
-    out = generate_mixed(pair, [2.0, -1.0], PROMPTS, max_new_tokens=12)
+    out = generate_mixed(pair, [2.0, -1.0], PROMPTS, max_new_tokens=12, do_sample=False)
     eos = pair[0].eos_token_id
     lengths = [len(c) for c in out.completion_ids]
     assert min(lengths) < 12 and max(lengths) == 12  # one row ended early, the others kept going
@@ -163,7 +163,7 @@ def test_each_row_stops_at_its_own_eos_and_is_masked_after(pair):
 
 
 def test_min_new_tokens_forces_exactly_that_many_tokens(pair):
-    out = generate_mixed(pair, [2.0, -1.0], PROMPTS, max_new_tokens=12, min_new_tokens=12)
+    out = generate_mixed(pair, [2.0, -1.0], PROMPTS, max_new_tokens=12, do_sample=False, min_new_tokens=12)
     assert [len(c) for c in out.completion_ids] == [12, 12, 12]
 
 
@@ -180,7 +180,7 @@ def test_sampling_with_weights_one_zero_matches_the_models_own_seeded_sampling(p
 
 
 def test_top_p_near_zero_sampling_is_greedy(pair):
-    greedy = generate_mixed(pair, [0.7, 0.3], PROMPTS, max_new_tokens=8)
+    greedy = generate_mixed(pair, [0.7, 0.3], PROMPTS, max_new_tokens=8, do_sample=False)
     assert generate_mixed(pair, [0.7, 0.3], PROMPTS, max_new_tokens=8, do_sample=True, top_p=1e-6, seed=0).completion_ids \
         == greedy.completion_ids
 
@@ -197,10 +197,10 @@ def test_models_with_differently_formatted_prompts_stay_aligned_on_the_continuat
     chat_tok.chat_template = "{% for m in messages %}please {{ m['content'] }} thanks yes{% endfor %}"
     b_chat = Policy(model=b.model, tokenizer=chat_tok, name="tiny-chat")
     assert len(prompt_token_ids(b_chat, PROMPTS[1])) > len(prompt_token_ids(a, PROMPTS[1]))
-    out = generate_mixed([a, b_chat], [0.5, 0.5], PROMPTS, max_new_tokens=10)
+    out = generate_mixed([a, b_chat], [0.5, 0.5], PROMPTS, max_new_tokens=10, do_sample=False)
     assert torch.allclose(out.logprobs[0], rescored(a, PROMPTS, out.completion_ids), atol=1e-5)
     assert torch.allclose(out.logprobs[1], rescored(b_chat, PROMPTS, out.completion_ids), atol=1e-5)
-    assert out.completion_ids != generate_mixed([a, b], [0.5, 0.5], PROMPTS, max_new_tokens=10).completion_ids
+    assert out.completion_ids != generate_mixed([a, b], [0.5, 0.5], PROMPTS, max_new_tokens=10, do_sample=False).completion_ids
 
 
 def test_mixing_logits_processor_in_transformers_generate_gives_the_same_tokens(pair):
@@ -210,7 +210,7 @@ def test_mixing_logits_processor_in_transformers_generate_gives_the_same_tokens(
     tok = copy.copy(a.tokenizer)  # a private copy: the session's shared tokenizer keeps its padding side
     tok.padding_side = "left"
     enc = tok([a.format_prompt(p) for p in PROMPTS], return_tensors="pt", padding=True, add_special_tokens=False)
-    singles = [generate_mixed([a, b], w, PROMPTS, max_new_tokens=10).completion_ids for w in ([1.0, 0.0], [0.0, 1.0])]
+    singles = [generate_mixed([a, b], w, PROMPTS, max_new_tokens=10, do_sample=False).completion_ids for w in ([1.0, 0.0], [0.0, 1.0])]
     for weights in ([0.6, 0.4], [2.0, -1.0]):
         proc = MixingLogitsProcessor([a, b], weights, PROMPTS)
         with torch.no_grad():
@@ -218,7 +218,7 @@ def test_mixing_logits_processor_in_transformers_generate_gives_the_same_tokens(
                                    max_new_tokens=10, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         ids = [r[: r.index(tok.eos_token_id) + 1] if tok.eos_token_id in r else r
                for r in out[:, enc["input_ids"].shape[1] :].tolist()]
-        assert ids == generate_mixed([a, b], weights, PROMPTS, max_new_tokens=10).completion_ids
+        assert ids == generate_mixed([a, b], weights, PROMPTS, max_new_tokens=10, do_sample=False).completion_ids
         assert ids not in singles  # the second model really steers the primary's generate
 
 
@@ -241,16 +241,16 @@ class PaddedHead(torch.nn.Module):
 def test_logits_wider_than_the_tokenizer_are_cut_to_len_tokenizer(pair):
     a, b = pair
     padded = Policy(model=PaddedHead(a.model, 8), tokenizer=a.tokenizer, name="padded")
-    out = generate_mixed([padded, b], [0.5, 0.5], PROMPTS, max_new_tokens=8)
+    out = generate_mixed([padded, b], [0.5, 0.5], PROMPTS, max_new_tokens=8, do_sample=False)
     assert all(t < len(a.tokenizer) for row in out.completion_ids for t in row)
-    assert out.completion_ids == generate_mixed([a, b], [0.5, 0.5], PROMPTS, max_new_tokens=8).completion_ids
+    assert out.completion_ids == generate_mixed([a, b], [0.5, 0.5], PROMPTS, max_new_tokens=8, do_sample=False).completion_ids
     assert torch.allclose(out.logprobs[0], rescored(padded, PROMPTS, out.completion_ids), atol=1e-5)
 
 
 def test_logits_narrower_than_the_tokenizer_raise(pair):
     narrow = Policy(model=PaddedHead(pair[0].model, -4), tokenizer=pair[0].tokenizer, name="narrow")
     with pytest.raises(ValueError, match="'narrow' has 56 logits but its tokenizer has 60"):
-        generate_mixed([narrow, pair[1]], [0.5, 0.5], PROMPTS, max_new_tokens=2)
+        generate_mixed([narrow, pair[1]], [0.5, 0.5], PROMPTS, max_new_tokens=2, do_sample=False)
 
 
 def test_different_tokenizers_raise_naming_both_models(pair):
@@ -258,7 +258,7 @@ def test_different_tokenizers_raise_naming_both_models(pair):
     tok.add_tokens(["zebra"])
     other = tiny_policy(tok, seed=2, device="cpu", name="tiny-zebra")
     with pytest.raises(ValueError, match=r"'tiny-llama-sharp'.*'tiny-zebra'.*different tokenizers"):
-        generate_mixed([pair[0], other], [0.5, 0.5], PROMPTS, max_new_tokens=2)
+        generate_mixed([pair[0], other], [0.5, 0.5], PROMPTS, max_new_tokens=2, do_sample=False)
     with pytest.raises(ValueError, match="different tokenizers"):
         MixingLogitsProcessor([pair[0], other], [0.5, 0.5], PROMPTS)
 
@@ -319,7 +319,7 @@ def test_multi_objective_of_optimal_policies_is_optimal_for_the_combined_reward_
 def test_smollm_weights_one_zero_equal_its_own_greedy_generate(smollm):
     prompts = ["Write one sentence about tea.", "Hi"]
     own = generate(smollm, prompts, max_new_tokens=6, do_sample=False)
-    assert generate_mixed([smollm, smollm], [1.0, 0.0], prompts, max_new_tokens=6).completion_ids == own.completion_ids
+    assert generate_mixed([smollm, smollm], [1.0, 0.0], prompts, max_new_tokens=6, do_sample=False).completion_ids == own.completion_ids
 
 
 def test_smollm_chat_and_raw_prompts_stay_aligned_on_the_continuation(smollm):
@@ -327,7 +327,7 @@ def test_smollm_chat_and_raw_prompts_stay_aligned_on_the_continuation(smollm):
     raw_tok.chat_template = None  # the same vocabulary, no chat template: this copy sees the bare prompt
     raw = Policy(model=smollm.model, tokenizer=raw_tok, name="smollm-raw")
     prompts = ["Write one sentence about tea."]
-    out = generate_mixed([smollm, raw], [1.5, -0.5], prompts, max_new_tokens=5)
+    out = generate_mixed([smollm, raw], [1.5, -0.5], prompts, max_new_tokens=5, do_sample=False)
     # cached one-token steps against one full forward: float32 kernels (and their thread split) differ, ~1e-4
     assert torch.allclose(out.logprobs[0], rescored(smollm, prompts, out.completion_ids), atol=2e-4)
     assert torch.allclose(out.logprobs[1], rescored(raw, prompts, out.completion_ids), atol=2e-4)
@@ -343,3 +343,83 @@ def test_next_token_logprobs_are_the_first_completion_token_logprobs_of_each_pro
         assert float(first[row, tok]) == pytest.approx(float(rescored(a, [prompt], [[tok]])[0, 0]), abs=1e-5)
     with pytest.raises(TypeError, match="list of str"):
         next_token_logprobs(a, "one prompt")
+
+
+def test_processor_generate_inputs_are_what_generate_mixed_decodes_from(pair):
+    from transformers import LogitsProcessorList
+
+    a, b = pair
+    proc = MixingLogitsProcessor([a, b], [0.6, 0.4], PROMPTS)
+    enc = proc.generate_inputs()
+    with torch.no_grad():
+        out = a.model.generate(**enc, logits_processor=LogitsProcessorList([proc]), do_sample=False, max_new_tokens=10,
+                               pad_token_id=a.tokenizer.pad_token_id, eos_token_id=a.tokenizer.eos_token_id)
+    eos = a.tokenizer.eos_token_id
+    ids = [r[: r.index(eos) + 1] if eos in r else r for r in out[:, enc["input_ids"].shape[1] :].tolist()]
+    assert ids == generate_mixed([a, b], [0.6, 0.4], PROMPTS, max_new_tokens=10, do_sample=False).completion_ids
+
+
+def test_processor_refuses_rows_in_another_order_than_its_prompts(pair):
+    from transformers import LogitsProcessorList
+
+    a, b = pair
+    proc = MixingLogitsProcessor([a, b], [0.6, 0.4], PROMPTS)
+    enc = proc.generate_inputs()
+    swapped = MixingLogitsProcessor([a, b], [0.6, 0.4], PROMPTS[::-1])
+    with pytest.raises(ValueError, match=r"row 0 of generate's input_ids is not prompt 0 .*generate_inputs\(\)"):
+        a.model.generate(**enc, logits_processor=LogitsProcessorList([swapped]), do_sample=False, max_new_tokens=2,
+                         pad_token_id=a.tokenizer.pad_token_id)
+
+
+def test_generate_and_generate_mixed_share_the_decoding_defaults_of_settings(pair):
+    import alignlecture
+
+    a, _ = pair
+    defaults = alignlecture.settings().decoding()
+    assert defaults["do_sample"] is True and defaults["max_new_tokens"] == alignlecture.settings().max_new_tokens
+    mixed = generate_mixed([a], [1.0], PROMPTS, chat=False)
+    explicit = generate_mixed([a], [1.0], PROMPTS, chat=False, **defaults)
+    assert mixed.completion_ids == explicit.completion_ids
+    assert max(len(r) for r in mixed.completion_ids) <= defaults["max_new_tokens"]
+    assert generate(a, PROMPTS, chat=False).completion_ids == generate(a, PROMPTS, chat=False, **defaults).completion_ids
+
+
+# ---------------------------------------------------------------------------------------------- toy-world recipes, exact
+def test_markov_policy_depends_only_on_position_and_previous_token():
+    from alignlecture.toy import ToyWorld
+
+    w = ToyWorld(5, 4)
+    t = w.markov_policy(seed=3).log_table
+    assert torch.equal(t[w.prefix_index((1, 2))], t[w.prefix_index((3, 2))])  # same depth, same last token
+    assert not torch.equal(t[w.prefix_index((1, 2))], t[w.prefix_index((1, 3))])
+    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+        w.markov_policy(temperature=0.0)
+
+
+def test_proxy_tuning_and_weak_to_strong_are_exact_on_sequences_with_a_smaller_proxy():
+    from alignlecture.mixing import proxy_tuning, weak_to_strong
+    from alignlecture.toy import ToyWorld
+
+    w = ToyWorld(4, 3)
+    small_ref, large, r, beta = w.markov_policy(seed=1), w.random_policy(seed=2), w.random_rewards(seed=3), 0.7
+    small, large_star = w.optimal_policy(small_ref, r, beta), w.optimal_policy(large, r, beta)
+    pols, wts = proxy_tuning(large, small, small_ref)
+    seq = mix_logprobs([p.sequence_logprobs() for p in pols], wts)
+    assert torch.allclose(seq, large_star.sequence_logprobs(), atol=1e-12, rtol=0)
+    for alpha in (1.0, 2.0):
+        pols, wts = weak_to_strong(large_star, small, small_ref, alpha=alpha)
+        seq = mix_logprobs([p.sequence_logprobs() for p in pols], wts)
+        goal = w.optimal_policy(large, (1 - alpha) * r, beta).sequence_logprobs()
+        assert torch.allclose(seq, goal, atol=1e-12, rtol=0)
+
+
+def test_mod_product_needs_weights_summing_to_one_or_a_reference_factor():
+    from alignlecture.toy import ToyWorld
+
+    w = ToyWorld(4, 3)
+    ref, r1, r2, beta = w.random_policy(seed=1), w.random_rewards(seed=2), w.random_rewards(seed=3), 0.5
+    s1, s2 = (w.optimal_policy(ref, r, beta).sequence_logprobs() for r in (r1, r2))
+    combined = w.optimal_policy(ref, 0.5 * r1 + 0.8 * r2, beta).sequence_logprobs()
+    assert (mix_logprobs([s1, s2], [0.5, 0.8]) - combined).abs().max() > 1e-3  # the slide's "any w1, w2"
+    fixed = mix_logprobs([s1, s2, ref.sequence_logprobs()], [0.5, 0.8, -0.3])
+    assert torch.allclose(fixed, combined, atol=1e-12, rtol=0)
