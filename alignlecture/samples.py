@@ -3,7 +3,7 @@
 A chapter that samples the same pool on every run — 36 answers of a tuned model, a mixed decode at one weight —
 reads it from ``cache_dir()/samples`` after the first run. The key holds everything the pool depends on: each
 model's identity (its name, its zoo recipe hash, its system prompt, how it was derived), the mixing weights,
-the prompts, the seed and the decoding settings, and ``SAMPLER_VERSION`` (bumped when the decoders change).
+the prompts, the seed and every decoding setting (spelled out, so a changed default cannot reuse an old pool), and ``SAMPLER_VERSION`` (bumped when the decoders change).
 """
 
 from __future__ import annotations
@@ -38,21 +38,24 @@ def _key(policies: Sequence, prompts: Sequence[str], settings: dict) -> dict:
     }
 
 
-def sample(policy, prompts: list[str], *, max_new_tokens: int, seed: int, batch_size: int = 16, **options):
-    """``models.generate(policy, prompts, …)``, computed once per key and then read from the cache."""
+def sample(policy, prompts: list[str], *, max_new_tokens: int, seed: int, batch_size: int = 16,
+           temperature: float = 1.0, top_p: float = 1.0, **options):
+    """``models.generate(policy, prompts, …)`` (sampling at ``temperature``, ``top_p``), computed once per key."""
     from .models import generate
 
-    settings = dict(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, **options)
+    settings = dict(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, do_sample=True,
+                    temperature=temperature, top_p=top_p, **options)
     return memo("samples", _key([policy], prompts, {"generate": settings}),
                 lambda: generate(policy, list(prompts), **settings))
 
 
 def sample_mixed(policies: Sequence, weights: Sequence[float], prompts: list[str], *, max_new_tokens: int,
-                 seed: int, do_sample: bool = True, **options):
-    """``mixing.generate_mixed(policies, weights, prompts, …)``, computed once per key and then read from the cache."""
+                 seed: int, temperature: float = 1.0, top_p: float = 1.0, **options):
+    """``mixing.generate_mixed(policies, weights, prompts, …)`` (sampling), computed once per key."""
     from .mixing import check_weights, generate_mixed
 
     w = check_weights(weights, len(policies))
-    settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **options)
+    settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=True, temperature=temperature, top_p=top_p,
+                    **options)
     return memo("samples", _key(policies, prompts, {"generate_mixed": settings, "weights": w}),
                 lambda: generate_mixed(list(policies), w, list(prompts), **settings))
