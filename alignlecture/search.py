@@ -79,15 +79,15 @@ class ToySearch:
         return float(reach @ self.evals), float(reach @ self.reward_calls)
 
 
-def _lookahead(pi: TabularPolicy, rewards: torch.Tensor, prefix: tuple, token: int, depth: int):
+def _lookahead(pi: TabularPolicy, reward_of: dict, prefix: tuple, token: int, depth: int):
     """Greedy rollout from prefix·token: (reward of its text, log π(rollout | prefix·token), evaluations spent)."""
-    world, y, logp, evals = pi.world, [*prefix, token] if token != EOS else list(prefix), 0.0, 0
-    while token != EOS and len(y) < world.max_len and evals < depth:
+    T, y, logp, evals = pi.world.max_len, [*prefix, token] if token != EOS else list(prefix), 0.0, 0
+    while token != EOS and len(y) < T and evals < depth:
         lp = pi.next_logprobs(y)
         token, evals = int(lp.argmax()), evals + 1
         logp += float(lp[token])
         y += [token] if token != EOS else []
-    return float(rewards[world.index(y)]), logp, evals  # index() pads with eos: an open text is scored as is
+    return reward_of[tuple(y + [EOS] * (T - len(y)))], logp, evals  # an open text is scored as if it ended here
 
 
 def toy_guided_search(
@@ -97,6 +97,7 @@ def toy_guided_search(
     k, depth, lam, temperature = _check_search(k, depth, lam, temperature)
     world = pi.world
     rewards = world.check_values(rewards, "rewards")
+    reward_of = dict(zip(map(tuple, world.responses.tolist()), rewards.tolist()))  # response tokens (eos-padded) → r
     scores = torch.full((world.num_prefixes, world.vocab_size), -math.inf, dtype=DTYPE)
     evals, calls = torch.ones(world.num_prefixes, dtype=DTYPE), torch.zeros(world.num_prefixes, dtype=DTYPE)
     for row, prefix in enumerate(world.prefixes()):
@@ -104,7 +105,7 @@ def toy_guided_search(
         for a in torch.sort(lp, descending=True, stable=True).indices[:k].tolist():  # top k, ties by token id
             if lp[a] == -math.inf:
                 break  # a token π never emits is no candidate
-            r, rollout_lp, spent = _lookahead(pi, rewards, prefix, a, depth)
+            r, rollout_lp, spent = _lookahead(pi, reward_of, prefix, a, depth)
             scores[row, a] = r + lam * (float(lp[a]) + rollout_lp)
             evals[row] += spent
             calls[row] += 1
