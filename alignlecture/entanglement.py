@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._checks import finite, nonzero_norms, positive_finite, positive_int, same_shape
+from ._checks import finite, nonzero_norms, one_of, positive_finite, positive_int, same_shape
 from .toy import DTYPE, TabularPolicy
 
 
@@ -88,6 +88,44 @@ def predicted_change(direction: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- toy-world DPO
+# Parameters θ are a flat vector; the logits are θ itself (tabular, one softmax per prefix) or A·θ for a
+# feature matrix A [P·V, K] that shares parameters across prefixes, like a real LM. Then ∇_θ = ∇_logits · A.
+def policy_of(world, theta: torch.Tensor, features: torch.Tensor | None = None) -> TabularPolicy:
+    """π(·|s) = softmax(logits[s]) with logits = θ (tabular) or A·θ, as a TabularPolicy."""
+    logits = theta if features is None else _features(world, features) @ theta
+    return world.policy(torch.log_softmax(logits.reshape(world.num_prefixes, world.vocab_size), dim=-1))
+
+
+def gradients(pi: TabularPolicy, responses: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    """∂ log π(y)/∂θ for each response, Tensor [M, D]: tabular gradients, times A when logits = A·θ."""
+    g = tabular_gradients(pi, responses)
+    return g if features is None else g @ _features(pi.world, features)
+
+
+FEATURES = ("tabular", "position_bigram", "bigram", "unigram")
+
+
+def shared_features(world, kind: str) -> torch.Tensor | None:
+    """A [P·V, K] map from shared parameters to logits: logits(s, a) = Σ of the named per-(context, a) weights.
+
+    tabular: None (one free logit per prefix and token); position_bigram: φ[len(s), a] + ψ[last(s), a];
+    bigram: ψ[last(s), a] (last = 0 at the root); unigram: ψ[a], the same next-token logits everywhere.
+    """
+    one_of(kind, "kind", FEATURES)
+    if kind == "tabular":
+        return None
+    T, V = world.max_len, world.vocab_size
+    blocks = {"position_bigram": (T, V), "bigram": (0, V), "unigram": (0, 1)}[kind]
+    a = torch.zeros(world.num_prefixes, V, (blocks[0] + blocks[1]) * V, dtype=DTYPE)
+    for row, prefix in enumerate(world.prefixes()):
+        last = (prefix[-1] if prefix else 0) if blocks[1] > 1 else 0
+        for tok in range(V):
+            if blocks[0]:
+                a[row, tok, len(prefix) * V + tok] = 1.0
+            a[row, tok, (blocks[0] + last) * V + tok] = 1.0
+    return a.reshape(world.num_prefixes * V, -1)
+
+
 def dpo_weights(pi, pi_ref, chosen, rejected, beta: float) -> torch.Tensor:
     """c/η = β σ(r̂_l − r̂_w) per pair, with r̂ = β log π/π_ref (exact, toy world), Tensor [M]."""
     beta = positive_finite(beta, "beta", "the KL coefficient")
@@ -97,31 +135,72 @@ def dpo_weights(pi, pi_ref, chosen, rejected, beta: float) -> torch.Tensor:
     return beta * torch.sigmoid(r_l - r_w)
 
 
-def tabular_step(pi, pi_ref, chosen, rejected, beta: float, learning_rate: float, *, normalized: bool = False):
-    """One full-batch step θ ← θ + (η/M) Σ_i c_i d_i on θ = log table, d_i = ∇w − ∇l (DPO) or its normalized form.
+def dpo_direction(pi, pi_ref, chosen, rejected, beta: float, *, features=None, normalized: bool = False):
+    """Δθ/η = (1/M) Σ_i c_i d_i with d_i = ∇w − ∇l (DPO: minus the mean loss's gradient) or ∇w/‖∇w‖ − ∇l/‖∇l‖."""
+    g_w, g_l = gradients(pi, chosen, features), gradients(pi, rejected, features)
+    d = pairwise_normalized(g_w, g_l) if normalized else g_w - g_l  # [M, D]
+    return (dpo_weights(pi, pi_ref, chosen, rejected, beta)[:, None] * d).mean(0)
 
-    Returns the new TabularPolicy. For DPO this is exactly gradient descent on the mean DPO loss.
+
+def population_direction(pi, pi_ref, rewards, beta: float, *, features=None, normalized: bool = False):
+    """−∇ of the population DPO loss Σ_ij π_ref(i)π_ref(j) CE(σ(r_i − r_j), σ(r̂_i − r̂_j)), or its normalized form.
+
+    Pair (i, j) contributes β(σ(r_i − r_j) − σ(r̂_i − r̂_j))·(∇_i − ∇_j); normalized uses ∇_i/‖∇_i‖ − ∇_j/‖∇_j‖.
     """
-    learning_rate = positive_finite(learning_rate, "learning_rate")
-    g_w, g_l = tabular_gradients(pi, chosen), tabular_gradients(pi, rejected)
-    d = pairwise_normalized(g_w, g_l) if normalized else g_w - g_l  # [M, P·V]
-    step = learning_rate * (dpo_weights(pi, pi_ref, chosen, rejected, beta)[:, None] * d).mean(0)
-    theta = pi.log_table + step.reshape(pi.log_table.shape)
-    return pi.world.policy(torch.log_softmax(theta, dim=-1))
+    beta = positive_finite(beta, "beta", "the KL coefficient")
+    world = pi.world
+    world._check_own(pi_ref, "pi_ref")
+    r, p = world.check_values(rewards, "rewards"), pi_ref.probs()
+    r_hat = beta * (pi.sequence_logprobs() - pi_ref.sequence_logprobs())
+    coef = p[:, None] * p[None, :] * beta * (torch.sigmoid(r[:, None] - r[None, :]) - torch.sigmoid(r_hat[:, None] - r_hat[None, :]))
+    g = gradients(pi, world.responses, features)  # [N, D]
+    if normalized:
+        g = g / nonzero_norms(g.norm(dim=1, keepdim=True), "‖∇ log π(y)‖")
+    return (coef.sum(1) - coef.sum(0)) @ g  # Σ_ij coef_ij (g_i − g_j)
 
 
-def tabular_trajectory(pi, pi_ref, chosen, rejected, beta: float, learning_rate: float, steps: int,
-                       *, normalized: bool = False, target=None) -> dict[str, torch.Tensor]:
-    """log π(y_w), log π(y_l) [steps+1, M] along ``steps`` tabular steps (and KL(π_t ‖ target) if given)."""
-    steps = positive_int(steps, "steps")
-    out = {"logp_chosen": [pi.logprobs(chosen)], "logp_rejected": [pi.logprobs(rejected)], "kl": []}
+def descend(world, theta, direction, learning_rate: float, steps: int, *, features=None) -> list[TabularPolicy]:
+    """The policies along θ_{t+1} = θ_t + η·direction(π_t), t < steps (steps + 1 policies, exact)."""
+    learning_rate, steps = positive_finite(learning_rate, "learning_rate"), positive_int(steps, "steps")
+    theta = finite(theta, "theta").reshape(-1)
+    policies = [policy_of(world, theta, features)]
     for _ in range(steps):
-        pi = tabular_step(pi, pi_ref, chosen, rejected, beta, learning_rate, normalized=normalized)
-        out["logp_chosen"].append(pi.logprobs(chosen))
-        out["logp_rejected"].append(pi.logprobs(rejected))
-    traj = {k: torch.stack(v) for k, v in out.items() if v}
-    traj["policy"] = pi
-    return traj
+        theta = theta + learning_rate * direction(policies[-1])
+        policies.append(policy_of(world, theta, features))
+    return policies
+
+
+def tabular_step(pi, pi_ref, chosen, rejected, beta: float, learning_rate: float, *, normalized: bool = False):
+    """One full-batch step on θ = log table (for DPO: exactly gradient descent on the mean DPO loss)."""
+    learning_rate = positive_finite(learning_rate, "learning_rate")
+    step = learning_rate * dpo_direction(pi, pi_ref, chosen, rejected, beta, normalized=normalized)
+    return policy_of(pi.world, pi.log_table.reshape(-1) + step)
+
+
+def tabular_chosen_change(pi, chosen, rejected) -> torch.Tensor:
+    """Closed form of Δ log π_w / c for one pair in the tabular world: 1 − π(a|s) + π(b|s) + Σ_{t>k} ‖e_{y_t} − π(·|s_t)‖²,
+    where s is the last shared prefix and a, b the tokens where y_w and y_l part (k = len(s)); Tensor [M].
+    """
+    nodes_w, mask_w = _encoded(pi, chosen)
+    nodes_l, mask_l = _encoded(pi, rejected)
+    probs, y_w, y_l = pi.log_table.exp(), chosen.long(), rejected.long()
+    k = shared_prefix_length(pi.world, chosen, rejected)
+    if bool((k >= pi.world.max_len).any()):
+        raise ValueError("a pair has y_w = y_l; chosen and rejected must differ")
+    rows = torch.arange(len(k))
+    s = nodes_w[rows, k]
+    part = 1 - probs[s, y_w[rows, k]] + probs[s, y_l[rows, k]]
+    own = F.one_hot(y_w, pi.world.vocab_size).to(DTYPE) - probs[nodes_w]  # [M, T, V]
+    later = mask_w & (torch.arange(y_w.shape[1])[None, :] > k[:, None])
+    return part + ((own**2).sum(-1) * later).sum(1)
+
+
+def shared_prefix_length(world, chosen, rejected) -> torch.Tensor:
+    """Number of leading tokens two responses share before they part (eos counts as a token), LongTensor [M]."""
+    same_shape(chosen, rejected, ("chosen", "rejected"))
+    world._encode(chosen), world._encode(rejected)
+    differ = chosen.long() != rejected.long()
+    return torch.where(differ.any(1), differ.long().argmax(1), torch.full_like(differ[:, 0], world.max_len, dtype=torch.long))
 
 
 # ---------------------------------------------------------------------------------------------- input checks
@@ -137,6 +216,15 @@ def _gradient_pair(a, b, names=("g_w", "g_l"), broadcast=False) -> tuple[torch.T
         raise ValueError(f"{names[0]} and {names[1]} must have the same number of parameters D (last dimension); "
                          f"got {tuple(a.shape)} and {tuple(b.shape)}")
     return finite(a, names[0]), finite(b, names[1])
+
+
+def _features(world, features) -> torch.Tensor:
+    """A finite float64 feature matrix [P·V, K] mapping parameters to this world's logits."""
+    if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[0] != world.num_prefixes * world.vocab_size:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ValueError(f"features must be a Tensor [P·V = {world.num_prefixes * world.vocab_size}, K] (one row per "
+                         f"logit of this world); got {shape}")
+    return finite(features, "features")
 
 
 def _encoded(pi, responses):
@@ -177,14 +265,18 @@ class PairGradients:
         """Input of the first trainable block for every row, [S_i, hidden] each (frozen blocks run once)."""
         from .logprobs import pad_rows, position_ids_from_mask
 
-        base, out = self.policy.model.model, []
-        for start in range(0, len(self.rows), batch_size):
-            rows = self.rows[start : start + batch_size]
-            b = pad_rows(rows, self.masks[start : start + batch_size], self.policy.tokenizer.pad_token_id)
+        base, first = self.policy.model.model, {}
+        for i, row in enumerate(self.rows):  # a response shared by several pairs runs once
+            first.setdefault(tuple(row), i)
+        distinct, out = list(first.values()), {}
+        for start in range(0, len(distinct), batch_size):
+            idx = distinct[start : start + batch_size]
+            rows = [self.rows[i] for i in idx]
+            b = pad_rows(rows, [self.masks[i] for i in idx], self.policy.tokenizer.pad_token_id)
             states = base(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                           position_ids=position_ids_from_mask(b["attention_mask"]), output_hidden_states=True)
-            out += [h[: len(r)].clone() for h, r in zip(states.hidden_states[self.top.first], rows)]
-        return out
+            out.update({i: h[: len(r)].clone() for i, h, r in zip(idx, states.hidden_states[self.top.first], rows)})
+        return [out[first[tuple(row)]] for row in self.rows]
 
     def _row(self, i: int) -> torch.Tensor:
         """log π(row i) through the top blocks (differentiable in ``params``), Tensor []."""
@@ -236,16 +328,20 @@ class PairGradients:
 
 
 def lm_step(pg: PairGradients, pairs, ref_chosen, ref_rejected, beta: float, learning_rate: float,
-            *, normalized: bool = False) -> dict[str, torch.Tensor]:
+            *, normalized: bool = False, step_norm: float | None = None) -> dict[str, torch.Tensor]:
     """One SGD step on the mean DPO loss of ``pairs`` (or its pairwise-normalized form); first-order vs actual.
 
-    Returns per pair: the case predicted by the lecture's single-pair terms, the first-order changes of both
-    log-probs under the whole batch's step ⟨Δθ, ∇⟩, the actual changes, and the update Δθ's norm.
+    ``step_norm`` rescales the update to that length (to compare directions at equal step sizes). Returns per
+    pair: the case predicted by the lecture's single-pair terms, the first-order changes of both log-probs
+    under the whole batch's step ⟨Δθ, ∇⟩, the actual changes; and the update's norm.
     """
+    beta = positive_finite(beta, "beta", "the KL coefficient")
     g_w, g_l, before_w, before_l = pg.gradients(pairs)
     c = beta * torch.sigmoid(beta * ((before_l - ref_rejected) - (before_w - ref_chosen)))  # c/η per pair
     d = pairwise_normalized(g_w, g_l) if normalized else (g_w - g_l).double()
     delta = positive_finite(learning_rate, "learning_rate") * (c.double()[:, None] * d).mean(0)
+    if step_norm is not None:
+        delta = delta * positive_finite(step_norm, "step_norm") / delta.norm()
     s = first_order(g_w, g_l)
     pg.apply(delta)
     after_w, after_l = pg.logps(pairs)
@@ -253,3 +349,20 @@ def lm_step(pg: PairGradients, pairs, ref_chosen, ref_rejected, beta: float, lea
             "predicted_chosen": predicted_change(delta, g_w), "predicted_rejected": predicted_change(delta, g_l),
             "actual_chosen": (after_w - before_w).double(), "actual_rejected": (after_l - before_l).double(),
             "step_norm": delta.norm()}
+
+
+def normalized_surrogate(logp_chosen, logp_rejected, norm_chosen, norm_rejected, weights) -> torch.Tensor:
+    """A loss whose gradient is minus the pairwise-normalized step: −mean_i c_i (log π_w,i/‖∇w,i‖ − log π_l,i/‖∇l,i‖).
+
+    Norms and weights c_i = βσ(r̂_l − r̂_w) are constants (detached), so one batched backward gives the
+    direction once the norms are known — exact with fresh norms, an approximation with stale ones.
+    """
+    norm_chosen = nonzero_norms(norm_chosen.detach(), "‖∇ log π(y_w|x)‖")
+    norm_rejected = nonzero_norms(norm_rejected.detach(), "‖∇ log π(y_l|x)‖")
+    return -(weights.detach() * (logp_chosen / norm_chosen - logp_rejected / norm_rejected)).mean()
+
+
+def gradient_norm(value: torch.Tensor, params) -> torch.Tensor:
+    """‖∂ value/∂ params‖ for a scalar ``value`` (one backward pass), Tensor []."""
+    grads = torch.autograd.grad(value, list(params), allow_unused=True)
+    return torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))

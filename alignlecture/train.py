@@ -83,6 +83,7 @@ class DPOConfig:
     trainable_layers: int | None = None
     chat: bool = True
     progress: bool = True
+    pairwise_normalized: bool = False  # chapter 4: step along Σ c_i(∇w/‖∇w‖ − ∇l/‖∇l‖) (one extra pass per row)
 
     def __post_init__(self) -> None:
         check_dpo_args(self.beta, self.loss_type, self.label_smoothing)
@@ -111,6 +112,9 @@ class DPOConfig:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd'; got {self.optimizer!r}")
         if self.trainable_layers is not None and self.trainable_layers < 1:
             raise ValueError(f"trainable_layers must be ≥ 1 or None; got {self.trainable_layers!r}")
+        if self.pairwise_normalized and (self.loss_type != "sigmoid" or self.label_smoothing):
+            raise ValueError(f"pairwise_normalized applies to the plain sigmoid DPO loss; got loss_type="
+                             f"{self.loss_type!r}, label_smoothing={self.label_smoothing!r}")
 
 
 _dataclass_init = DPOConfig.__init__
@@ -338,6 +342,16 @@ class DPOTrainer:
             p.requires_grad_(True)
         return model
 
+    def _pairwise_normalized(self, module, rows, logps, ref, params, device) -> torch.Tensor:
+        """A loss whose gradient is minus the pairwise-normalized step (chapter 4): one forward+backward per row
+        for its gradient norm, then ``entanglement.normalized_surrogate`` on the batch's log-probs."""
+        from .entanglement import gradient_norm, normalized_surrogate
+
+        norms = torch.stack([gradient_norm(self._logps(module, [r], device)[0], params) for r in rows]).to(logps.dtype)
+        k, beta = len(rows) // 2, self.config.beta
+        weights = beta * torch.sigmoid(beta * ((logps[k:] - ref[k:]) - (logps[:k] - ref[:k])))
+        return normalized_surrogate(logps[:k], logps[k:], norms[:k], norms[k:], weights)
+
     def _logps(self, module, rows: list[int], device) -> torch.Tensor:
         """Summed policy log-probs of ``rows``, with gradient."""
         b = self._batch(rows, device)
@@ -432,7 +446,10 @@ class DPOTrainer:
                 cr, rr = cfg.beta * (logps[:k] - ref[:k]).detach(), cfg.beta * (logps[k:] - ref[k:]).detach()
                 loss = losses.mean()
                 self._check_finite(accelerator, loss.detach(), "loss", step, bar)
-                accelerator.backward(loss)
+                if cfg.pairwise_normalized:  # the logged loss stays DPO's; the step follows the normalized direction
+                    accelerator.backward(self._pairwise_normalized(module, rows, logps, ref, params, device))
+                else:
+                    accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     # the update is applied only if every gradient is finite: a diverging step never lands
                     norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)

@@ -219,3 +219,48 @@ def test_bad_beta_learning_rate_and_steps_are_refused(world):
         ge.tabular_step(pi, pi, y, z, beta=1.0, learning_rate=float("nan"))
     with pytest.raises(ValueError, match="steps"):
         ge.tabular_trajectory(pi, pi, y, z, beta=1.0, learning_rate=0.1, steps=0)
+
+
+# ------------------------------------------------------------------------------------------------ trainer option
+def test_trainer_pairwise_normalized_step_is_the_normalized_direction():
+    """One SGD step of DPOTrainer(pairwise_normalized=True) moves the top blocks by η·mean_i c_i(∇w/‖∇w‖ − ∇l/‖∇l‖)."""
+    from dpo_pairs import DATA  # tests/ is on sys.path under pytest
+
+    from alignlecture.models import tiny_policy
+    from alignlecture.train import DPOConfig, DPOTrainer
+
+    n, lr, beta = len(DATA["prompt"]), 0.5, 0.1
+    reference = tiny_policy(seed=0, num_layers=4, device="cpu")
+    pg = ge.PairGradients(reference, DATA["prompt"], DATA["chosen"], DATA["rejected"], top_k=2)
+    g_w, g_l, _, _ = pg.gradients(range(n))
+    expected = lr * (beta / 2) * ge.pairwise_normalized(g_w, g_l).mean(0)  # at step 1 π = π_ref: c = β σ(0)
+    before = torch.cat([p.detach().reshape(-1).clone() for p in pg.params])
+
+    policy = tiny_policy(seed=0, num_layers=4, device="cpu")
+    cfg = DPOConfig(pairwise_normalized=True, optimizer="sgd", learning_rate=lr, beta=beta, trainable_layers=2,
+                    per_device_train_batch_size=n, max_steps=1, max_grad_norm=None, progress=False)
+    history = DPOTrainer(policy, DATA, cfg).train().history
+    trained = ge.PairGradients(policy, DATA["prompt"][:1], DATA["chosen"][:1], DATA["rejected"][:1], top_k=2)
+    after = torch.cat([p.detach().reshape(-1) for p in trained.params])
+    assert torch.allclose((after - before).double(), expected, atol=1e-6, rtol=1e-4)
+    assert math.isclose(history[0]["loss"], math.log(2), rel_tol=1e-5)  # the logged loss is still DPO's
+
+
+def test_trainer_refuses_pairwise_normalized_with_other_losses():
+    from alignlecture.train import DPOConfig
+
+    with pytest.raises(ValueError, match="pairwise_normalized applies to the plain sigmoid"):
+        DPOConfig(pairwise_normalized=True, loss_type="ipo")
+
+
+def test_normalized_surrogate_gradient_is_the_normalized_direction():
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
+    a, b = torch.randn(3, 5, generator=gen, dtype=torch.float64), torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    logp_w, logp_l = a @ theta + (a @ theta) ** 2, b @ theta  # ∇ log π_w = a(1 + 2 a·θ), ∇ log π_l = b
+    g_w, g_l = a * (1 + 2 * (a @ theta.detach()))[:, None], b
+    weights = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    loss = ge.normalized_surrogate(logp_w, logp_l, g_w.norm(dim=1), g_l.norm(dim=1), weights)
+    (grad,) = torch.autograd.grad(loss, theta)
+    assert torch.allclose(-grad, (weights[:, None] * ge.pairwise_normalized(g_w, g_l)).mean(0))
+    assert math.isclose(float(ge.gradient_norm((b @ theta)[0], [theta])), float(b[0].norm()), rel_tol=1e-12)
