@@ -74,7 +74,7 @@ def main() -> None:
     N, k, d = args.new_tokens, args.k, args.depth
 
     def plain(n):
-        return lambda: generate_mixed([policy], [1.0], prompts, max_new_tokens=n, min_new_tokens=n)
+        return lambda: generate_mixed([policy], [1.0], prompts, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
     def guided(n):
         return lambda: guided_search(policy, text_length, prompts, k=k, depth=d, max_new_tokens=n)

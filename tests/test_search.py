@@ -180,7 +180,7 @@ def test_branched_rows_continue_like_their_parent_rows(sharp):
 
 def test_k_one_is_plain_greedy_decoding(sharp):
     search = guided_search(sharp, likes_good, PROMPTS, k=1, depth=2, max_new_tokens=6, chat=False)
-    greedy = generate_mixed([sharp], [1.0], PROMPTS, max_new_tokens=6, chat=False)
+    greedy = generate_mixed([sharp], [1.0], PROMPTS, max_new_tokens=6, do_sample=False, chat=False)
     assert search.completion_ids == greedy.completion_ids and search.texts == greedy.texts
     T = greedy.mixed_logprobs.shape[1]
     assert torch.allclose(search.logprobs[:, :T], greedy.mixed_logprobs, atol=1e-5)
@@ -199,7 +199,7 @@ def test_chosen_token_logprobs_match_a_full_recompute(sharp):
 
 def test_search_raises_the_reward_it_is_guided_by(sharp):
     prompts = PROMPTS * 2
-    greedy = generate_mixed([sharp], [1.0], prompts, max_new_tokens=8, chat=False)
+    greedy = generate_mixed([sharp], [1.0], prompts, max_new_tokens=8, do_sample=False, chat=False)
     search = guided_search(sharp, likes_good, prompts, k=8, depth=2, max_new_tokens=8, chat=False)
     assert sum(likes_good(search.texts)) >= sum(likes_good(greedy.texts))
 
