@@ -63,13 +63,27 @@ def profile() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What a profile runs: which model and how many samples (chapters read these, never hard-code them)."""
+    """What a profile runs: which model and how many samples (chapters read these, never hard-code them).
+
+    The decoding defaults (max_new_tokens, do_sample, temperature, top_p) are the ones ``models.generate``,
+    ``bon.best_of_n`` and ``mixing.generate_mixed`` use when a call leaves them out: plain sampling at T = 1.
+    """
 
     profile: str
     model: str
     num_prompts: int
     samples_per_prompt: int
     max_new_tokens: int
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def decoding(self, **overrides) -> dict:
+        """The decoding defaults as keyword arguments, with ``overrides`` (None = the default) applied."""
+        out = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "temperature": self.temperature,
+               "top_p": self.top_p}
+        out.update({k: v for k, v in overrides.items() if v is not None})
+        return out
 
 
 _SETTINGS = {

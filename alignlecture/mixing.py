@@ -182,15 +182,21 @@ def _pick(scores: torch.Tensor, do_sample: bool, temperature: float, top_p: floa
 
 @torch.inference_mode()
 def generate_mixed(
-    policies: Sequence, weights: Sequence[float], prompts: list[str], *, max_new_tokens: int = 64,
-    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-    chat: bool = True, min_new_tokens: int = 0,
+    policies: Sequence, weights: Sequence[float], prompts: list[str], *, max_new_tokens: int | None = None,
+    do_sample: bool | None = None, temperature: float | None = None, top_p: float | None = None,
+    seed: int | None = 0, chat: bool = True, min_new_tokens: int = 0,
 ) -> MixedGenerations:
     """Decode y_t from log_softmax(Σ_k w_k log π_k(·|x, y_<t)), one KV cache per model, batched (lecture §mixing).
 
     The first policy's tokenizer gives eos, pad and the decoded text; ``min_new_tokens`` forbids eos before
-    that many tokens (as transformers' option of the same name). Each row stops at its own eos.
+    that many tokens (as transformers' option of the same name). Each row stops at its own eos. Decoding
+    options left out come from ``alignlecture.settings().decoding()``, as for ``models.generate`` (it samples:
+    pass ``do_sample=False`` for greedy decoding).
     """
+    from . import settings
+
+    d = settings().decoding(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
+    max_new_tokens, do_sample, temperature, top_p = d["max_new_tokens"], d["do_sample"], d["temperature"], d["top_p"]
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be a non-empty list of str (wrap a single prompt in a list)")
     if not 0 <= min_new_tokens <= max_new_tokens or max_new_tokens < 1:
@@ -232,15 +238,42 @@ class MixingLogitsProcessor(LogitsProcessor):
     The other policies format their own prompts and run with their own KV caches on the continuation that
     ``generate`` builds. Returns the mixed log-probs (ids past len(tokenizer) get −inf). One processor serves
     one ``generate`` call. transformers applies its own temperature/top-p warpers BEFORE custom processors,
-    i.e. to the primary's logits only: decode greedily here, and sample with ``generate_mixed``.
+    i.e. to the primary's logits only: decode greedily here, and sample with ``generate_mixed``. Build the
+    inputs with ``generate_inputs()``; rows that are not the prompts, in their order, are refused.
     """
 
     def __init__(self, policies: Sequence, weights: Sequence[float], prompts: list[str], *, chat: bool = True):
         self.weights = check_weights(weights, len(policies))
         self.vocab_size = check_same_vocabulary(policies)
         self.prompts, self.chat = list(prompts), chat
+        self.primary = policies[0]
         self.others = [_CachedModel(p, self.vocab_size) for p in policies[1:]]
         self.start_length: int | None = None  # the primary's padded prompt length, seen at the first call
+
+    def generate_inputs(self) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` for ``policies[0].model.generate``: the prompts as the processor
+        expects them (the primary's chat formatting, left-padded, in the order given), on the primary's device.
+
+            proc = MixingLogitsProcessor(policies, weights, prompts)
+            out = policies[0].model.generate(**proc.generate_inputs(), logits_processor=[proc], do_sample=False, …)
+        """
+        rows = [prompt_token_ids(self.primary, p, chat=self.chat) for p in self.prompts]
+        width, pad = max(len(r) for r in rows), self.primary.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        return {"input_ids": ids.to(self.primary.device), "attention_mask": mask.to(self.primary.device)}
+
+    def _check_rows(self, input_ids: torch.Tensor) -> None:
+        """Each row of generate's prompt is prompt i as the primary formats it (left padding allowed)."""
+        pad = self.primary.tokenizer.pad_token_id
+        for i, (row, prompt) in enumerate(zip(input_ids.tolist(), self.prompts)):
+            want = prompt_token_ids(self.primary, prompt, chat=self.chat)
+            cut = len(row) - len(want)
+            if cut < 0 or row[cut:] != want or any(t != pad for t in row[:cut]):
+                raise ValueError(
+                    f"row {i} of generate's input_ids is not prompt {i} ({prompt[:40]!r}) as policies[0] formats it; "
+                    "build the inputs with processor.generate_inputs() (left-padded, rows in the order of the prompts)"
+                )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.start_length is None:
@@ -249,6 +282,7 @@ class MixingLogitsProcessor(LogitsProcessor):
                     f"generate runs {input_ids.shape[0]} rows but the processor was given {len(self.prompts)} "
                     "prompts; use one row per prompt (no beams, num_return_sequences=1)"
                 )
+            self._check_rows(input_ids)
             self.start_length, self.fed = input_ids.shape[1], 0
             self.logps = [m.start([prompt_token_ids(m.policy, p, chat=self.chat) for p in self.prompts])
                           for m in self.others]

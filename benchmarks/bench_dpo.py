@@ -79,8 +79,8 @@ class TimedDPOTrainer(DPOTrainer):
 
 def our_config(steps: int) -> DPOConfig:
     return DPOConfig(
-        batch_size=4, learning_rate=LR, max_grad_norm=1.0, optimizer="adamw", weight_decay=0.0,
-        num_epochs=steps, max_steps=steps, chat=False, progress=False, seed=0,
+        per_device_train_batch_size=4, learning_rate=LR, max_grad_norm=1.0, optimizer="adamw", weight_decay=0.0,
+        max_steps=steps, chat=False, progress=False, seed=0,
     )
 
 

@@ -96,7 +96,7 @@ def measure(policies, batch: int, n: int, args, device) -> dict[str, float]:
     k = len(policies)
     weights = [1.0 / k] * k
     prompts = (prompt_set("train") * batch)[:batch]
-    mixed_run = lambda: generate_mixed(policies, weights, prompts, max_new_tokens=n, min_new_tokens=n)  # noqa: E731
+    mixed_run = lambda: generate_mixed(policies, weights, prompts, max_new_tokens=n, do_sample=False, min_new_tokens=n)  # noqa: E731
     out = mixed_run()  # warm-up, and the continuation the no-cache baseline re-reads
     assert all(len(c) == n for c in out.completion_ids), "every row must decode exactly n tokens"
     mixed = best_of(mixed_run, args.repeats, device)

@@ -227,3 +227,44 @@ def test_empty_batch_is_refused():
     e = torch.zeros(0)
     with pytest.raises(ValueError, match="empty batch"):
         dpo_loss(e, e, e, e)
+
+
+# ---------------------------------------------------------------------------------------------- one-call evaluation
+def test_evaluate_a_policy_against_itself_gives_ln2_and_zero_rewards():
+    from alignlecture.dpo import evaluate
+    from alignlecture.models import tiny_policy
+
+    from dpo_pairs import DATA
+
+    policy = tiny_policy(seed=0, device="cpu")
+    report = evaluate(policy, policy, DATA, chat=False)
+    assert report["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert report["rewards/chosen"] == report["rewards/rejected"] == report["rewards/accuracies"] == 0.0
+    assert set(report) == {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                           "logps/chosen", "logps/rejected"}
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_evaluate_equals_the_trainers_first_step_on_a_batch_of_every_pair(loss_type):
+    from alignlecture.dpo import evaluate
+    from alignlecture.models import tiny_policy
+    from alignlecture.train import DPOConfig, DPOTrainer
+
+    from dpo_pairs import DATA
+
+    ref = tiny_policy(seed=1, device="cpu")
+    report = evaluate(tiny_policy(seed=0, device="cpu"), ref, DATA, beta=0.1, loss_type=loss_type, chat=False)
+    config = DPOConfig(per_device_train_batch_size=8, max_steps=1, beta=0.1, loss_type=loss_type, chat=False,
+                       progress=False)
+    first = DPOTrainer(tiny_policy(seed=0, device="cpu"), DATA, config, ref_policy=ref).train().history[0]
+    for key, value in report.items():
+        assert value == pytest.approx(first[key], rel=1e-6, abs=1e-5), key
+
+
+def test_evaluate_names_a_record_missing_a_field():
+    from alignlecture.dpo import evaluate
+    from alignlecture.models import tiny_policy
+
+    policy = tiny_policy(seed=0, device="cpu")
+    with pytest.raises(ValueError, match="record 0 has no 'chosen' field"):
+        evaluate(policy, policy, [{"prompt": "hi", "rejected": "bad"}], chat=False)

@@ -117,7 +117,7 @@ def test_second_load_reads_the_cache_and_never_the_gguf(converted):
     assert converted.second_calls, "the second load made no from_pretrained call at all"
     assert all("gguf_file" not in kwargs for _, kwargs in converted.second_calls)
     assert [Path(source) for source, _ in converted.second_calls] == [target]
-    assert converted.second.source == "gguf"
+    assert converted.second.source == "cache"  # the truth: the converted copy, not the GGUF
 
 
 def test_second_load_does_not_rewrite_the_cache(converted):

@@ -159,9 +159,38 @@ def test_our_ipo_trainer_logs_metrics_on_summed_log_probs_like_trl(tmp_path):
     mode = "train" if trainer.model.training else "eval"
     trl_metrics = {k: trainer._metrics[mode][k][-1] for k in METRICS}
     data = {"prompt": PROMPTS, "chosen": [c.strip() for c in CHOSEN], "rejected": [r.strip() for r in REJECTED]}
-    cfg = OurConfig(loss_type="ipo", beta=BETA, batch_size=N, max_steps=1, progress=False, chat=False)
+    cfg = OurConfig(loss_type="ipo", beta=BETA, per_device_train_batch_size=N, max_steps=1, progress=False, chat=False)
     history = OurTrainer(tiny_policy(seed=0, device="cpu"), data, cfg,
                          ref_policy=tiny_policy(seed=1, device="cpu")).train().history
     assert history[0]["loss"] == pytest.approx(float(loss), abs=1e-5)  # the loss agrees …
     for name in LOGP_KEYS:  # … the logged log-probs do not
         assert history[0][name] == pytest.approx(trl_metrics[name], rel=1e-6, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- config names
+SHARED_CONCEPTS = (
+    "output_dir", "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "logging_steps", "save_steps", "seed", "beta", "loss_type",
+    "label_smoothing", "weight_decay", "max_grad_norm", "max_length", "disable_dropout",
+)
+
+
+def test_our_config_names_are_trls_for_every_shared_concept():
+    import dataclasses
+
+    import trl
+
+    ours, theirs = {f.name for f in dataclasses.fields(OurConfig)}, {f.name for f in dataclasses.fields(trl.DPOConfig)}
+    assert set(SHARED_CONCEPTS) <= ours
+    assert set(SHARED_CONCEPTS) <= theirs, sorted(set(SHARED_CONCEPTS) - theirs)
+    # TRL's "unset" max_steps is -1, and a positive max_steps overrides num_train_epochs on both sides
+    trl_default = {f.name: f.default for f in dataclasses.fields(trl.DPOConfig)}["max_steps"]
+    assert OurConfig().max_steps == trl_default == -1
+
+
+def test_our_scheduler_names_are_transformers_schedules():
+    from transformers.trainer_utils import SchedulerType
+
+    from alignlecture.train import SCHEDULES
+
+    assert set(SCHEDULES) <= {s.value for s in SchedulerType}

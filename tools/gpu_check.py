@@ -85,8 +85,8 @@ def run_checks(dev: torch.device) -> list[bool]:
 
     other_c, other_g = tiny_policy(seed=1, device="cpu"), tiny_policy(seed=1, device=dev)
     prompts = ["tell me about the movie", "write one sentence"]
-    mix_c = generate_mixed([policy_c, other_c], [1.5, -0.5], prompts, max_new_tokens=6, chat=False)
-    mix_g = generate_mixed([policy_g, other_g], [1.5, -0.5], prompts, max_new_tokens=6, chat=False)
+    mix_c = generate_mixed([policy_c, other_c], [1.5, -0.5], prompts, max_new_tokens=6, do_sample=False, chat=False)
+    mix_g = generate_mixed([policy_g, other_g], [1.5, -0.5], prompts, max_new_tokens=6, do_sample=False, chat=False)
     err = (mix_c.mixed_logprobs - mix_g.mixed_logprobs.cpu()).abs().max().item()
     results.append(check("mixed decoding of two tiny Llamas on " + str(policy_g.device),
                          mix_c.completion_ids == mix_g.completion_ids and err < 1e-3,
