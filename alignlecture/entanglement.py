@@ -288,31 +288,41 @@ class PairGradients:
 
     def logps(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log π(y_w|x) and log π(y_l|x) of ``pairs`` (indices), each Tensor [k] (no gradient)."""
+        done: dict[tuple, torch.Tensor] = {}  # a response shared by pairs runs once
         with torch.no_grad():
-            lp = torch.stack([self._row(i) for j in pairs for i in (j, j + self.n)]).reshape(-1, 2)
+            for i in [i for j in pairs for i in (j, j + self.n)]:
+                if tuple(self.rows[i]) not in done:
+                    done[tuple(self.rows[i])] = self._row(i)
+        lp = torch.stack([done[tuple(self.rows[i])] for j in pairs for i in (j, j + self.n)]).reshape(-1, 2)
         return lp[:, 0], lp[:, 1]
 
-    def gradients(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(∇w [k, D], ∇l [k, D], log π_w [k], log π_l [k]) — one forward+backward per response."""
+    def distinct_gradients(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(G [m, D], log π [m]) of the m distinct responses in ``pairs``, and each pair's chosen and rejected
+        row of G (LongTensors [k]) — one forward+backward per distinct response."""
         flags = {p: p.requires_grad for p in self.policy.model.parameters()}
+        index: dict[tuple, int] = {}
+        grads, logps = [], []
         try:
             for p in flags:
                 p.requires_grad_(False)
             for p in self.params:
                 p.requires_grad_(True)
-            done: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # a response shared by pairs runs once
             for i in [i for j in pairs for i in (j, j + self.n)]:
-                key = (tuple(self.rows[i]), tuple(self.masks[i]))
-                if key not in done:
+                if tuple(self.rows[i]) not in index:
+                    index[tuple(self.rows[i])] = len(grads)
                     lp = self._row(i)
-                    done[key] = (torch.cat([g.reshape(-1) for g in torch.autograd.grad(lp, self.params)]), lp.detach())
-            grads, logps = zip(*(done[(tuple(self.rows[i]), tuple(self.masks[i]))]
-                                 for j in pairs for i in (j, j + self.n)))
+                    grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(lp, self.params)]))
+                    logps.append(lp.detach())
         finally:
             for p, flag in flags.items():
                 p.requires_grad_(flag)
-        g, lp = torch.stack(grads), torch.stack(logps)
-        return g[0::2], g[1::2], lp[0::2], lp[1::2]
+        rows = torch.tensor([index[tuple(self.rows[i])] for j in pairs for i in (j, j + self.n)]).reshape(-1, 2)
+        return torch.stack(grads), torch.stack(logps), rows[:, 0], rows[:, 1]
+
+    def gradients(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(∇w [k, D], ∇l [k, D], log π_w [k], log π_l [k]) per pair."""
+        g, lp, w, l = self.distinct_gradients(pairs)
+        return g[w], g[l], lp[w], lp[l]
 
     @torch.no_grad()
     def apply(self, delta: torch.Tensor) -> None:
@@ -331,24 +341,31 @@ def lm_step(pg: PairGradients, pairs, ref_chosen, ref_rejected, beta: float, lea
             *, normalized: bool = False, step_norm: float | None = None) -> dict[str, torch.Tensor]:
     """One SGD step on the mean DPO loss of ``pairs`` (or its pairwise-normalized form); first-order vs actual.
 
-    ``step_norm`` rescales the update to that length (to compare directions at equal step sizes). Returns per
-    pair: the case predicted by the lecture's single-pair terms, the first-order changes of both log-probs
-    under the whole batch's step ⟨Δθ, ∇⟩, the actual changes; and the update's norm.
+    Everything first-order comes from the Gram matrix K = G Gᵀ of the distinct responses' gradients: the
+    step is Δθ = Σ_r α_r G_r, so ⟨Δθ, ∇ log π(y_s)⟩ = (K α)_s. ``step_norm`` rescales Δθ to that length (to
+    compare directions at equal step sizes). Returns per pair: the case by the lecture's single-pair terms,
+    the first-order changes under the whole batch's step, the actual changes; and ‖Δθ‖.
     """
     beta = positive_finite(beta, "beta", "the KL coefficient")
-    g_w, g_l, before_w, before_l = pg.gradients(pairs)
+    learning_rate = positive_finite(learning_rate, "learning_rate")
+    g, lp, w, l = pg.distinct_gradients(pairs)
+    gram = (g @ g.T).double()  # [m, m]
+    before_w, before_l = lp[w].double(), lp[l].double()
     c = beta * torch.sigmoid(beta * ((before_l - ref_rejected) - (before_w - ref_chosen)))  # c/η per pair
-    d = pairwise_normalized(g_w, g_l) if normalized else (g_w - g_l).double()
-    delta = positive_finite(learning_rate, "learning_rate") * (c.double()[:, None] * d).mean(0)
+    scale = nonzero_norms(gram.diagonal().sqrt(), "‖∇ log π(y|x)‖") if normalized else torch.ones(len(lp), dtype=DTYPE)
+    alpha = torch.zeros(len(lp), dtype=DTYPE).index_add_(0, w, c / scale[w]).index_add_(0, l, -c / scale[l])
+    alpha = alpha * learning_rate / len(w)
     if step_norm is not None:
-        delta = delta * positive_finite(step_norm, "step_norm") / delta.norm()
-    s = first_order(g_w, g_l)
-    pg.apply(delta)
+        alpha = alpha * positive_finite(step_norm, "step_norm") / (alpha @ gram @ alpha).sqrt()
+    pg.apply(alpha.to(g.dtype) @ g)
     after_w, after_l = pg.logps(pairs)
-    return {"case_single_pair": s.case, "cos": s.cos, "logp_chosen": before_w, "logp_rejected": before_l,
-            "predicted_chosen": predicted_change(delta, g_w), "predicted_rejected": predicted_change(delta, g_l),
-            "actual_chosen": (after_w - before_w).double(), "actual_rejected": (after_l - before_l).double(),
-            "step_norm": delta.norm()}
+    inner, sq = gram[w, l], gram.diagonal()
+    predicted = gram @ alpha
+    return {"case_single_pair": classify(sq[w] - inner, inner - sq[l]), "cos": inner / (sq[w] * sq[l]).sqrt(),
+            "logp_chosen": before_w, "logp_rejected": before_l,
+            "predicted_chosen": predicted[w], "predicted_rejected": predicted[l],
+            "actual_chosen": after_w.double() - before_w, "actual_rejected": after_l.double() - before_l,
+            "step_norm": (alpha @ gram @ alpha).sqrt()}
 
 
 def normalized_surrogate(logp_chosen, logp_rejected, norm_chosen, norm_rejected, weights) -> torch.Tensor:

@@ -152,14 +152,64 @@ def test_first_order_prediction_error_shrinks_quadratically(world):
     assert 50 < errors[0] / errors[1] < 200  # O(η²): 10× smaller η → ~100× smaller error
 
 
-def test_normalized_trajectory_raises_chosen_on_a_single_pair(world):
+def test_normalized_descent_raises_chosen_and_lowers_rejected_on_a_single_pair(world):
     pi_ref = world.random_policy(seed=7)
     chosen, rejected = world.responses[[world.index([1, 2, 0])]], world.responses[[world.index([1, 2, 3])]]
-    traj = ge.tabular_trajectory(pi_ref, pi_ref, chosen, rejected, beta=0.5, learning_rate=0.05, steps=20,
-                                 normalized=True)
-    assert traj["logp_chosen"].shape == (21, 1)
-    assert bool((traj["logp_chosen"].diff(dim=0) > 0).all())
-    assert bool((traj["logp_rejected"].diff(dim=0) < 0).all())
+    direction = lambda p: ge.dpo_direction(p, pi_ref, chosen, rejected, 0.5, normalized=True)  # noqa: E731
+    policies = ge.descend(world, pi_ref.log_table.reshape(-1), direction, 0.05, 20)
+    logp_w = torch.stack([p.logprobs(chosen)[0] for p in policies])
+    logp_l = torch.stack([p.logprobs(rejected)[0] for p in policies])
+    assert len(policies) == 21
+    assert bool((logp_w.diff() > 0).all()) and bool((logp_l.diff() < 0).all())
+
+
+def test_tabular_single_pairs_are_always_case_one_with_the_closed_form(world):
+    pi = world.random_policy(seed=8)
+    idx = torch.cartesian_prod(torch.arange(world.num_responses), torch.arange(world.num_responses))
+    idx = idx[idx[:, 0] != idx[:, 1]]
+    y_w, y_l = world.responses[idx[:, 0]], world.responses[idx[:, 1]]
+    s = ge.first_order(ge.tabular_gradients(pi, y_w), ge.tabular_gradients(pi, y_l))
+    assert torch.allclose(ge.tabular_chosen_change(pi, y_w, y_l), s.delta_chosen, atol=1e-13)
+    assert bool((s.case == 1).all())
+    with pytest.raises(ValueError, match="must differ"):
+        ge.tabular_chosen_change(pi, y_w[:1], y_w[:1])
+
+
+def test_shared_prefix_length_counts_leading_equal_tokens(world):
+    y_w = torch.tensor([[1, 2, 0], [1, 2, 3], [2, 0, 0]])
+    y_l = torch.tensor([[1, 3, 0], [1, 2, 0], [1, 0, 0]])
+    assert ge.shared_prefix_length(world, y_w, y_l).tolist() == [1, 2, 0]
+
+
+def test_shared_parameters_entangle_single_pairs_and_gradients_chain_through_features(world):
+    a = ge.shared_features(world, "unigram")
+    assert a.shape == (world.num_prefixes * world.vocab_size, world.vocab_size)
+    theta = torch.randn(world.vocab_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pol = ge.policy_of(world, theta, a)
+    y = world.responses
+    t = theta.clone().requires_grad_(True)
+    logp = world.policy_sequence_logprobs(torch.log_softmax((a @ t).reshape(world.num_prefixes, -1), dim=-1))
+    auto = torch.stack([torch.autograd.grad(logp[i], t, retain_graph=True)[0] for i in range(len(y))])
+    assert torch.allclose(ge.gradients(pol, y, a), auto, atol=1e-12)
+    i, j = torch.triu_indices(len(y), len(y), 1)
+    cases = ge.first_order(ge.gradients(pol, y[i], a), ge.gradients(pol, y[j], a)).case
+    assert bool((cases != 1).any())  # unlike the tabular world
+    for kind in ge.FEATURES[1:]:
+        assert ge.shared_features(world, kind).shape[0] == world.num_prefixes * world.vocab_size
+
+
+def test_population_direction_is_minus_the_gradient_of_the_population_loss(world):
+    from alignlecture.preferences import expected_bt_loss
+
+    pi, pi_ref, r = world.random_policy(seed=1), world.random_policy(seed=2), world.random_rewards(seed=3)
+    theta = pi.log_table.clone().requires_grad_(True)
+    logp = world.policy_sequence_logprobs(torch.log_softmax(theta, dim=-1))
+    loss = expected_bt_loss(pi_ref.probs(), r, 0.5 * (logp - pi_ref.sequence_logprobs()), 1.0)
+    (grad,) = torch.autograd.grad(loss, theta)
+    assert torch.allclose(ge.population_direction(pi, pi_ref, r, 0.5), -grad.reshape(-1), atol=1e-15)
+    star = world.optimal_policy(pi_ref, r, 0.5)  # the optimum is a fixed point of both directions
+    for normalized in (False, True):
+        assert float(ge.population_direction(star, pi_ref, r, 0.5, normalized=normalized).abs().max()) < 1e-12
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -218,7 +268,11 @@ def test_bad_beta_learning_rate_and_steps_are_refused(world):
     with pytest.raises(ValueError, match="learning_rate"):
         ge.tabular_step(pi, pi, y, z, beta=1.0, learning_rate=float("nan"))
     with pytest.raises(ValueError, match="steps"):
-        ge.tabular_trajectory(pi, pi, y, z, beta=1.0, learning_rate=0.1, steps=0)
+        ge.descend(world, pi.log_table.reshape(-1), lambda p: torch.zeros(52, dtype=torch.float64), 0.1, 0)
+    with pytest.raises(ValueError, match="unknown kind"):
+        ge.shared_features(world, "trigram")
+    with pytest.raises(ValueError, match=r"features must be a Tensor \[P·V = 52, K\]"):
+        ge.gradients(pi, y, torch.zeros(10, 3))
 
 
 # ------------------------------------------------------------------------------------------------ trainer option
@@ -264,3 +318,25 @@ def test_normalized_surrogate_gradient_is_the_normalized_direction():
     (grad,) = torch.autograd.grad(loss, theta)
     assert torch.allclose(-grad, (weights[:, None] * ge.pairwise_normalized(g_w, g_l)).mean(0))
     assert math.isclose(float(ge.gradient_norm((b @ theta)[0], [theta])), float(b[0].norm()), rel_tol=1e-12)
+
+
+def test_lm_step_first_order_prediction_matches_the_actual_change_of_a_small_step():
+    from dpo_pairs import DATA
+
+    from alignlecture.models import tiny_policy
+
+    n = len(DATA["prompt"])
+    pg = ge.PairGradients(tiny_policy(seed=1, num_layers=3, device="cpu"), DATA["prompt"], DATA["chosen"],
+                          DATA["rejected"], top_k=2)
+    ref_w, ref_l = pg.logps(range(n))
+    g_w, g_l, _, _ = pg.gradients(range(n))
+    single = ge.first_order(g_w, g_l)
+    out = ge.lm_step(pg, range(n), ref_w, ref_l, beta=0.1, learning_rate=0.05)
+    assert torch.equal(out["case_single_pair"], single.case)
+    assert torch.allclose(out["cos"], single.cos, atol=1e-5)
+    scale = float(out["actual_chosen"].abs().max())
+    assert scale > 0
+    assert float((out["predicted_chosen"] - out["actual_chosen"]).abs().max()) < 0.05 * scale
+    assert float((out["predicted_rejected"] - out["actual_rejected"]).abs().max()) < 0.05 * scale
+    out2 = ge.lm_step(pg, range(n), ref_w, ref_l, beta=0.1, learning_rate=0.05, normalized=True, step_norm=1e-3)
+    assert math.isclose(float(out2["step_norm"]), 1e-3, rel_tol=1e-9)
