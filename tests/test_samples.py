@@ -62,3 +62,14 @@ def test_token_strip_needs_one_value_per_token():
     with pytest.raises(ValueError, match="one entry per token"):
         token_strip(ax, ["a", "b"], [0.1])
     plt.close(fig)
+
+
+def test_policy_key_is_the_same_for_a_first_load_and_a_cached_load_of_the_wheel_model():
+    class Loaded:
+        name, system_prompt = "smollm2-135m-instruct", None
+
+        def __init__(self, source):
+            self.source = source
+
+    assert samples.policy_key(Loaded("gguf")) == samples.policy_key(Loaded("cache"))
+    assert samples.policy_key(Loaded("hub")) != samples.policy_key(Loaded("cache"))
