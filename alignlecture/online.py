@@ -206,8 +206,8 @@ def sample_pairs(policy, ref_policy, prompts: list[str], sampler: str, *, alpha:
     kw = dict(max_new_tokens=max_new_tokens, do_sample=True)
     both = generate(ref_policy, [x for x in prompts for _ in range(2)], seed=seed, **kw).texts
     first, second = both[0::2], both[1::2]
-    if sampler == "mix-p":
-        odd = prompts[1::2]
+    odd = prompts[1::2]
+    if sampler == "mix-p" and odd:
         up = generate_mixed([policy, ref_policy], [1 + alpha, -alpha], odd, seed=seed + 1, **kw).texts
         down = generate_mixed([policy, ref_policy], [1 - alpha, alpha], odd, seed=seed + 2, **kw).texts
         first[1::2], second[1::2] = up, down

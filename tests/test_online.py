@@ -256,6 +256,12 @@ def test_lm_online_dpo_rounds_train_the_policy_and_report_one_row_per_round():
                                                  ref.model.parameters()))  # the reference never trains
 
 
+def test_mix_p_with_a_single_prompt_keeps_it_on_the_reference(tiny_pair):
+    policy, ref = tiny_pair
+    a = online.sample_pairs(policy, ref, ["describe a dog"], "mix-p", seed=1, max_new_tokens=3)
+    assert a == online.sample_pairs(policy, ref, ["describe a dog"], "reference", seed=1, max_new_tokens=3)
+
+
 def test_lm_samplers_refuse_unknown_names_and_bad_alpha(tiny_pair):
     policy, ref = tiny_pair
     with pytest.raises(ValueError, match="unknown sampler 'uniform'; choose one of 'reference', 'mix-p'"):
