@@ -40,8 +40,10 @@ def _normalise(obj):
 
 def fingerprint(model: torch.nn.Module, rows, masks) -> dict:
     """Short hashes of the base model (config, parameter names, shapes and leading values) and of the token rows."""
-    config = {k: v for k, v in model.config.to_dict().items()
-              if k not in ("_name_or_path", "transformers_version", "_commit_hash")}
+    # what describes the architecture, not how it was loaded (GGUF or its converted copy, which path, which version)
+    skip = ("_name_or_path", "transformers_version", "_commit_hash", "quantization_config", "gguf_file", "dtype",
+            "torch_dtype")
+    config = {k: v for k, v in model.config.to_dict().items() if k not in skip}
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=_jsonable).encode())
     with torch.no_grad():
         for name, p in model.named_parameters():

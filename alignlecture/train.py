@@ -253,6 +253,11 @@ class DPOTrainer:
     ``datasets.Dataset`` with those columns, or a ``preferences.PreferenceDataset``. Texts are plain strings;
     the prompt is formatted with the policy's chat template when ``config.chat``; every completion is scored with
     eos appended. ``ref_policy`` (default: the policy as it is before training) gives the reference log-probs.
+
+        pairs = [{"prompt": "Describe the weather.", "chosen": "Sunny and warm.", "rejected": "Awful."}, …]
+        DPOTrainer(policy, pairs, DPOConfig(max_steps=10))                      # records
+        DPOTrainer(policy, {"prompt": [...], "chosen": [...], "rejected": [...]})  # columns
+        DPOTrainer(policy, datasets.Dataset.from_list(pairs))                  # a datasets.Dataset
     """
 
     def __init__(self, policy, dataset, config: DPOConfig | None = None, ref_policy=None, peft_config=None):
