@@ -167,12 +167,12 @@ def check_world(probs, proxy, gold):
 
 
 # ------------------------------------------------------------------------------------------- proxies
-def word_features(world) -> torch.Tensor:
-    """What a small reward model sees of a toy response: its token counts and adjacent-pair counts, float32
-    [N, (V−1) + (V−1)²] (eos excluded)."""
+def word_features(world, pairs: bool = True) -> torch.Tensor:
+    """What a small reward model sees of a toy response: its token counts and (if ``pairs``) its adjacent-pair
+    counts, float32 [N, (V−1) + (V−1)²] or [N, V−1] (eos excluded)."""
     y, toks = world.responses, range(1, world.vocab_size)
     unigrams = [(y == a).sum(1) for a in toks]
-    bigrams = [((y[:, :-1] == a) & (y[:, 1:] == b)).sum(1) for a in toks for b in toks]
+    bigrams = [((y[:, :-1] == a) & (y[:, 1:] == b)).sum(1) for a in toks for b in toks] if pairs else []
     return torch.stack(unigrams + bigrams, dim=1).float()
 
 
