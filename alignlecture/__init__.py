@@ -33,6 +33,15 @@ _SUBMODULES = (
     "mixing",
     "qfunction",
     "bon",
+    "entanglement",
+    "online",
+    "search",
+    "goodhart",
+    "cache",
+    "samples",
+    "checkpoint",
+    "shell",
+    "solutions",
 )
 
 

@@ -123,3 +123,10 @@ def test_the_gpu_smoke_check_runs_its_checks_on_the_cpu(capsys):
     spec.loader.exec_module(module)
     results = module.run_checks(torch.device("cpu"))
     assert len(results) == 6 and all(results), capsys.readouterr().out
+
+
+def test_every_public_module_is_reachable_as_an_attribute():
+    import pkgutil
+
+    public = {m.name for m in pkgutil.iter_modules(alignlecture.__path__) if not m.name.startswith("_")}
+    assert sorted(public - set(alignlecture._SUBMODULES)) == []
