@@ -161,6 +161,7 @@ def test_fit_proxy_on_many_clean_pairs_orders_responses_like_gold():
     world = ToyWorld(vocab_size=3, max_len=3)
     feats = gh.word_features(world)
     assert feats.shape == (world.num_responses, 2 + 4)
+    assert torch.equal(gh.word_features(world, pairs=False), feats[:, :2])
     gold = feats.double() @ torch.tensor([1.0, -1.0, 0.5, 0.0, 0.0, -0.5], dtype=torch.float64)
     p = world.uniform_policy().probs()
     chosen, rejected = gh.preference_pairs(p, gold, 4000, scale=5.0, seed=1)
