@@ -78,10 +78,15 @@ def test_first_code_cell_is_the_generated_install_cell(path):
     assert _code_cells(path)[0].source == install_cell()
 
 
-def test_install_cell_installs_this_version_from_the_configured_repository():
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
-    assert f'"alignlecture @ git+{url}@v{alignlecture.__version__}"' in install_cell()
-    assert 'if "google.colab" in sys.modules:' in install_cell()
+def test_install_cell_installs_the_configured_branch_and_checks_this_version():
+    repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+    url, branch = repo["url"].rstrip("/"), repo["branch"]
+    cell = install_cell()
+    assert re.search(r"git\+https://github\.com/[\w-]+/[\w-]+@[\w./-]+\"", cell)
+    assert f'"alignlecture @ git+{url}@{branch}"' in cell
+    assert f'alignlecture.__version__ == "{alignlecture.__version__}"' in cell
+    assert 'if "google.colab" in sys.modules:' in cell
+    assert max(map(len, cell.splitlines())) <= 100  # fits the page's code column
 
 
 # ---------------------------------------------------------------------------------------------- check_notebooks.py
