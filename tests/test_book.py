@@ -150,6 +150,48 @@ def test_check_notebooks_accepts_an_unbroken_copy(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def _png_cell(cell, alt=None):
+    """Give ``cell`` a stored figure (a 1×1 PNG) and, when ``alt`` is given, myst-nb's alt text for it."""
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    cell.outputs.append(nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}))
+    cell.metadata.pop("mystnb", None)
+    if alt is not None:
+        cell.metadata["mystnb"] = {"image": {"alt": alt}}
+
+
+@pytest.mark.parametrize("alt", [None, "", "   "], ids=["no-alt", "empty-alt", "blank-alt"])
+def test_check_notebooks_reports_a_figure_without_alt_text(tmp_path, alt):
+    result = _check(_broken_copy(tmp_path, lambda code: _png_cell(code[2], alt)))
+    assert result.returncode == 1
+    assert re.search(r"code cell 2 outputs a figure \(image/png\) with no alt text: .*\"mystnb\": \{\"image\": "
+                     r"\{\"alt\"", result.stderr), result.stderr
+
+
+def test_check_notebooks_accepts_a_figure_with_alt_text(tmp_path):
+    def with_figure(code):
+        code[0].source = install_cell()  # so that only the figure is under test, whatever the stored install cell
+        _png_cell(code[2], "A line rising: the loss falls.")
+
+    result = _check(_broken_copy(tmp_path, with_figure))
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_notebooks_reports_a_chapter_figure_whose_alt_text_was_removed(tmp_path):
+    nb = _read(ROOT / "notebooks" / "05_q_function.ipynb")
+    figures = [i for i, c in enumerate(c for c in nb.cells if c.cell_type == "code")
+               if any("image/png" in o.get("data", {}) for o in c.outputs)]
+    assert figures
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i in figures:
+        assert code[i].metadata["mystnb"]["image"]["alt"].strip()  # the committed chapter has it
+    del code[figures[0]].metadata["mystnb"]["image"]["alt"]
+    out = tmp_path / "05_q_function.ipynb"
+    nbformat.write(nb, out)
+    result = _check(out)
+    assert result.returncode == 1
+    assert f"code cell {figures[0]} outputs a figure (image/png) with no alt text" in result.stderr, result.stderr
+
+
 # ---------------------------------------------------------------------------------------------- citations
 def _bib_keys() -> set[str]:
     from pybtex.database import parse_file

@@ -1,7 +1,7 @@
 """Static checks on the stored notebooks before a build or nbval run.
 
 Every notebook must: start with the generated Colab install cell, have every code cell executed, hold no
-error output, and state no measured number in its prose. (That the stored outputs are what the code produces
+error output, give every figure alt text, and state no measured number in its prose. (That the stored outputs are what the code produces
 now is nbval's job.)
 
 A measured number is a decimal (0.12, 1e-4), a percentage (87 %) or a multiple (3×, "250 times") written in a
@@ -9,6 +9,10 @@ markdown cell outside math, code and glue roles: such a number must be glued fro
 (``{glue:text}`name` ``). Equation constants belong in math (``$\\ln 2$``). A literal that must stay in the
 prose (a setting quoted from a paper, say) is listed in the notebook's metadata
 ``{"alignlecture": {"allowed_numbers": ["0.5"]}}``.
+
+Alt text: a code cell that outputs an image/png must carry, in its cell metadata,
+``{"mystnb": {"image": {"alt": "..."}}}`` — one line saying what the figure shows and its message — which
+myst-nb writes as the ``alt`` of every image the cell outputs (see :data:`ALT_HOW`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,20 @@ def measured_numbers(markdown: str, allowed=()) -> list[str]:
     return [f for f in found if f.strip() not in set(allowed) and re.match(r"[\d.]+", f).group(0) not in set(allowed)]
 
 
+ALT_HOW = (
+    "add one line saying what the figure shows and its message as the cell's metadata "
+    '{"mystnb": {"image": {"alt": "..."}}} (with nbformat: '
+    'cell.metadata.setdefault("mystnb", {}).setdefault("image", {})["alt"] = "..."; no re-run needed)'
+)
+
+
+def image_alt(cell) -> str:
+    """The alt text myst-nb gives the images a code cell outputs ('' when there is none)."""
+    image = cell.metadata.get("mystnb", {}).get("image", {})
+    alt = image.get("alt", "") if isinstance(image, dict) else ""
+    return alt.strip() if isinstance(alt, str) else ""
+
+
 def problems(path: Path) -> list[str]:
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -72,6 +90,8 @@ def problems(path: Path) -> list[str]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 found.append(f"code cell {i} stores an error: {out.get('ename')}: {out.get('evalue')}")
+        if any("image/png" in out.get("data", {}) for out in cell.get("outputs", [])) and not image_alt(cell):
+            found.append(f"code cell {i} outputs a figure (image/png) with no alt text: {ALT_HOW}")
     return found
 
 
