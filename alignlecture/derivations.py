@@ -13,7 +13,9 @@ A step claims ``previous REL new`` where REL is ``=`` (the default) or an inequa
   to accept an example and to reject a counterexample — so no proof can be a function that says yes to anything.
 
 A step that cannot be verified raises :class:`DerivationError` naming the derivation and the step. In a
-notebook a derivation renders as an aligned LaTeX chain with each step's relation and justification.
+notebook a derivation renders as an aligned LaTeX chain with each step's relation and justification. The
+left-hand side ``lhs`` may be a sympy expression or a string of LaTeX (used as written, for a side sympy cannot
+build, like ``r"\sum_t r(s_t,a_t)"``); a reason is prose, and any ``$…$`` part of it is rendered as math.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ class Derivation:
 
     name: str
     start: sp.Expr
-    lhs: sp.Expr | None = None
+    lhs: sp.Expr | str | None = None  # a string is LaTeX, used as written
     steps: list[Step] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -200,6 +202,7 @@ class Derivation:
         """
         expr = sp.sympify(expr)
         relation = _relation(relation)
+        _reason_latex(reason)  # an unmatched $ is refused here, not when the chain is displayed
         previous = self.result
         where = f"derivation {self.name!r}, step {len(self.steps)} ({reason!r})"
         if relation != "=" and self.relation != "=" and {relation[0], self.relation[0]} == {"<", ">"}:
@@ -244,10 +247,10 @@ class Derivation:
         return self.step(expected, reason, proof, relation=relation)
 
     def _repr_latex_(self) -> str:
-        lhs = sp.latex(self.lhs) if self.lhs is not None else ""
+        lhs = self.lhs if isinstance(self.lhs, str) else sp.latex(self.lhs) if self.lhs is not None else ""
         rows = [f"{lhs} &= {sp.latex(self.steps[0].expr)}"]
         for st in self.steps[1:]:
-            rows.append(f"&{RELATIONS[st.relation][0]} {sp.latex(st.expr)} && \\text{{{_latex_text(st.reason)}}}")
+            rows.append(f"&{RELATIONS[st.relation][0]} {sp.latex(st.expr)} && {_reason_latex(st.reason)}")
         body = " \\\\\n".join(rows)
         return f"$$\\begin{{aligned}}\n{body}\n\\end{{aligned}}$$"
 
@@ -282,7 +285,20 @@ def _latex_text(text: str) -> str:
     return text
 
 
-def derive(name: str, start: sp.Expr, *steps: tuple, lhs: sp.Expr | None = None) -> Derivation:
+def _reason_latex(reason: str) -> str:
+    """A step's reason as LaTeX: prose in \\text{}, each ``$…$`` part as math (``"telescoping: $\\sum_t a_t$"``)."""
+    if not isinstance(reason, str):
+        raise TypeError(f"a step's reason must be a string; got {reason!r}")
+    parts = reason.split("$")
+    if len(parts) % 2 == 0:
+        raise ValueError(f"reason {reason!r} has an unmatched $: write each formula as $…$ (or drop the $)")
+    return " ".join(
+        part.strip() if i % 2 else f"\\text{{{_latex_text(part)}}}" for i, part in enumerate(parts) if part.strip()
+        # prose keeps its spaces (they show inside \\text{}); an empty part is left out
+    )
+
+
+def derive(name: str, start: sp.Expr, *steps: tuple, lhs: sp.Expr | str | None = None) -> Derivation:
     """Build and verify a whole chain at once: ``derive(name, e0, (e1, why1), (e2, why2, proof), (e3, why3, proof, rel))``."""
     d = Derivation(name, start, lhs=lhs)
     for item in steps:

@@ -283,3 +283,34 @@ def test_log_of_product_of_general_symbols_is_not_an_identity():
 def test_log_exp_of_complex_symbol_is_not_an_identity():
     assert sp.log(sp.exp(2 * sp.pi * sp.I)) == 0  # the counterexample: log(exp(2πi)) = 0 ≠ 2πi
     assert not check_identity(sp.log(sp.exp(z)), z)
+
+
+def test_a_string_lhs_is_latex_used_as_written():
+    lhs = r"\sum_{t=1}^{T} \big[r(s_t,a_t) - \beta\log\pi_\theta(a_t|s_t)\big]"
+    latex = Derivation("sum", a).step(a, "same")._repr_latex_()
+    assert latex.split("\n")[1].startswith(" &= a")  # no lhs: the chain starts at the expression
+    latex = Derivation("sum", a, lhs=lhs).step(a, "same")._repr_latex_()
+    assert latex.split("\n")[1].startswith(lhs + " &= a")
+    # the garbling this avoids: sympy reads a plain Symbol's name as base_sub, splitting at "_"
+    assert sp.latex(sp.Symbol(r"\sum_t r(s_t,a_t)")) != r"\sum_t r(s_t,a_t)"
+
+
+def test_symbols_named_in_latex_render_as_written():
+    ref = sp.Symbol(r"\pi_{\mathrm{ref}}(a_1|s_1)", positive=True)
+    assert sp.latex(sp.log(ref)) == r"\log{\left(\pi_{\mathrm{ref}}(a_1|s_1) \right)}"
+    assert "piref" not in sp.latex(ref)
+
+
+def test_math_in_a_reason_is_rendered_as_math_and_prose_as_text():
+    d = Derivation("telescope", sp.log(a * b)).step(sp.log(a) + sp.log(b), r"telescoping: $\sum_t \log\pi_t$ (log rules)",
+                                                    proof=log_rules)
+    latex = d._repr_latex_()
+    assert r"&& \text{telescoping: } \sum_t \log\pi_t \text{ (log rules)}" in latex
+    assert r"\$" not in latex and "\\_" not in latex.split("&&")[1]
+
+
+def test_a_reason_with_an_unmatched_dollar_is_refused_when_the_step_is_added():
+    d = Derivation("cost", a)
+    with pytest.raises(ValueError, match=r"reason 'costs \$5' has an unmatched \$: write each formula as \$…\$"):
+        d.step(a, "costs $5")
+    assert len(d.steps) == 1  # nothing was added
