@@ -62,6 +62,11 @@ bench: $(STAMP)
 	$(RUN_ENV) $(PY) benchmarks/bench_dpo.py
 	$(RUN_ENV) $(PY) benchmarks/bench_mixing.py
 	$(RUN_ENV) $(PY) benchmarks/bench_bon.py
+	$(RUN_ENV) $(PY) benchmarks/bench_entanglement.py
+	$(RUN_ENV) $(PY) benchmarks/bench_online.py
+	$(RUN_ENV) $(PY) benchmarks/bench_search.py
+	$(RUN_ENV) $(PY) benchmarks/bench_goodhart.py
+	$(RUN_ENV) $(PY) benchmarks/bench_checkpoint.py
 
 # GPU machines have torch and transformers but no network, no model wheel and no .venv: use their python.
 gpu-check:
