@@ -185,7 +185,7 @@ class Derivation:
 
     @property
     def relation(self) -> str:
-        """How the start relates to the result: "=" for a chain of equalities, else its (one) inequality direction."""
+        """How the start relates to the result — "=" for a chain of equalities, else its (one) inequality direction."""
         rels = {s.relation for s in self.steps[1:]} - {"="}
         if not rels:
             return "="

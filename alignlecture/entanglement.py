@@ -22,7 +22,7 @@ from .toy import DTYPE, TabularPolicy
 
 # ---------------------------------------------------------------------------------------------- the formulas
 def tabular_gradients(pi: TabularPolicy, responses: torch.Tensor) -> torch.Tensor:
-    """∂ log π(y)/∂θ for π(·|s) = softmax(θ[s]) at θ = log table: Σ_t (e_{s_t,y_t} − π(·|s_t)), Tensor [M, P·V]."""
+    """∂ log π(y)/∂θ for π(·∣s) = softmax(θ[s]) at θ = log table: Σ_t (e_{s_t,y_t} − π(·∣s_t)), Tensor [M, P·V]."""
     nodes, mask = _encoded(pi, responses)  # [M, T] prefix row of each position, which positions are actions
     y = responses.to(device=pi.world.device, dtype=torch.long)
     per_step = F.one_hot(y, pi.world.vocab_size).to(DTYPE) - pi.log_table.exp()[nodes]  # [M, T, V]
@@ -91,7 +91,7 @@ def predicted_change(direction: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 # Parameters θ are a flat vector; the logits are θ itself (tabular, one softmax per prefix) or A·θ for a
 # feature matrix A [P·V, K] that shares parameters across prefixes, like a real LM. Then ∇_θ = ∇_logits · A.
 def policy_of(world, theta: torch.Tensor, features: torch.Tensor | None = None) -> TabularPolicy:
-    """π(·|s) = softmax(logits[s]) with logits = θ (tabular) or A·θ, as a TabularPolicy."""
+    """π(·∣s) = softmax(logits[s]) with logits = θ (tabular) or A·θ, as a TabularPolicy."""
     logits = theta if features is None else _features(world, features) @ theta
     return world.policy(torch.log_softmax(logits.reshape(world.num_prefixes, world.vocab_size), dim=-1))
 
@@ -178,7 +178,7 @@ def tabular_step(pi, pi_ref, chosen, rejected, beta: float, learning_rate: float
 
 
 def tabular_chosen_change(pi, chosen, rejected) -> torch.Tensor:
-    """Closed form of Δ log π_w / c for one pair in the tabular world: 1 − π(a|s) + π(b|s) + Σ_{t>k} ‖e_{y_t} − π(·|s_t)‖²,
+    """Closed form of Δ log π_w / c for one pair in the tabular world: 1 − π(a∣s) + π(b∣s) + Σ_{t>k} ‖e_{y_t} − π(·∣s_t)‖²,
     where s is the last shared prefix and a, b the tokens where y_w and y_l part (k = len(s)); Tensor [M].
     """
     nodes_w, mask_w = _encoded(pi, chosen)

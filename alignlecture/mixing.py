@@ -1,7 +1,7 @@
 """Decoding from a product of policies Π_k π_k^{w_k} by mixing per-token log-probs (lecture §mixing).
 
-The lecture's question: given policies π_1 … π_K and real weights w_k, decode y that Π_k π_k(y|x)^{w_k}
-favours. Token by token: y_t comes from log_softmax(Σ_k w_k log π_k(·|x, y_<t)). β-adjustment, proxy tuning,
+The lecture's question: given policies π_1 … π_K and real weights w_k, decode y that Π_k π_k(y∣x)^{w_k}
+favours. Token by token: y_t comes from log_softmax(Σ_k w_k log π_k(·∣x, y_<t)). β-adjustment, proxy tuning,
 weak-to-strong extrapolation and multi-objective decoding are all this one decoder with other weights.
 
 Impossible tokens. A token with log π_k = −inf under a model with w_k ≠ 0 is impossible under the mix,
@@ -186,7 +186,7 @@ def generate_mixed(
     do_sample: bool | None = None, temperature: float | None = None, top_p: float | None = None,
     seed: int | None = 0, chat: bool = True, min_new_tokens: int = 0,
 ) -> MixedGenerations:
-    """Decode y_t from log_softmax(Σ_k w_k log π_k(·|x, y_<t)), one KV cache per model, batched (lecture §mixing).
+    """Decode y_t from log_softmax(Σ_k w_k log π_k(·∣x, y_<t)), one KV cache per model, batched (lecture §mixing).
 
     The first policy's tokenizer gives eos, pad and the decoded text; ``min_new_tokens`` forbids eos before
     that many tokens (as transformers' option of the same name). Each row stops at its own eos. Decoding
@@ -252,7 +252,7 @@ class MixingLogitsProcessor(LogitsProcessor):
 
     def generate_inputs(self) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` for ``policies[0].model.generate``: the prompts as the processor
-        expects them (the primary's chat formatting, left-padded, in the order given), on the primary's device.
+        expects them (the primary's chat formatting, left-padded, in the order given), on the primary's device, e.g.::
 
             proc = MixingLogitsProcessor(policies, weights, prompts)
             out = policies[0].model.generate(**proc.generate_inputs(), logits_processor=[proc], do_sample=False, …)

@@ -104,7 +104,7 @@ def population_gradient(logits: torch.Tensor, p: torch.Tensor, beta: float, samp
 
 
 def gap(logits: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
-    """(1/K²) Σ_ij |(r_i − β log π(i)) − (r_j − β log π(j))| for logits [..., K]; 0 exactly at π* ∝ exp(r/β)."""
+    """(1/K²) Σ_ij ∣(r_i − β log π(i)) − (r_j − β log π(j))∣ for logits [..., K]; 0 exactly at π* ∝ exp(r/β)."""
     v = rewards - beta * torch.log_softmax(logits, dim=-1)  # [..., K]
     return (v[..., :, None] - v[..., None, :]).abs().mean(dim=(-2, -1))
 
@@ -163,7 +163,7 @@ def hessian_at_optimum(rewards, beta: float, sampler: str) -> torch.Tensor:
 
 
 def local_rate(rewards, beta: float, sampler: str, lr: float) -> float:
-    """Predicted linear rate near π*: max |1 − lr·λ| over the Hessian's eigenvalues λ off the constant direction.
+    """Predicted linear rate near π*: max ∣1 − lr·λ∣ over the Hessian's eigenvalues λ off the constant direction.
 
     The step map's Jacobian at θ* is I − lr·∇²L (W's own derivative multiplies σ(βΔ) − p = 0 there). A rate
     ≥ 1 means the optimum repels the iteration; a rate of 0 means faster than linear (quadratic).

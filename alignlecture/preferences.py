@@ -153,7 +153,7 @@ def all_pairs_dataset(
 def annotator_agreement(r1, r2, *, scale: float, annotators: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Show each comparison to several independent Bradley–Terry annotators (seeds seed, seed + 1, …).
 
-    Returns (|gold gap|, label agrees with the gold order), one entry per label, annotator by annotator, over the
+    Returns (∣gold gap∣, label agrees with the gold order), one entry per label, annotator by annotator, over the
     comparisons whose gold gap is not zero (a tie has no right answer). Annotator 0 labels exactly as
     ``build_preference_dataset(..., seed=seed)`` does.
     """
@@ -166,7 +166,7 @@ def annotator_agreement(r1, r2, *, scale: float, annotators: int, seed: int = 0)
 
 @dataclass
 class AgreementBins:
-    """Label agreement with the gold reward, binned by |gap|: centres, rate, Wilson 95% interval, counts."""
+    """Label agreement with the gold reward, binned by ∣gap∣: centres, rate, Wilson 95% interval, counts."""
 
     centres: torch.Tensor
     rate: torch.Tensor
@@ -186,7 +186,7 @@ def wilson_interval(successes: torch.Tensor, n: torch.Tensor, z: float = 1.96):
 
 
 def label_agreement(abs_gap: torch.Tensor, agrees: torch.Tensor, edges: torch.Tensor) -> AgreementBins:
-    """Bin comparisons by |gold gap| and report how often the label agreed with the gold reward."""
+    """Bin comparisons by ∣gold gap∣ and report how often the label agreed with the gold reward."""
     abs_gap = torch.as_tensor(abs_gap, dtype=torch.float64)
     agrees = torch.as_tensor(agrees).bool()
     edges = torch.as_tensor(edges, dtype=torch.float64)

@@ -44,7 +44,7 @@ class SoftValues:
 
     @property
     def v_root(self) -> float:
-        """V*(x), the value of the empty prefix: β log E_{y~π_ref} exp(r(x, y)/β) for ``soft_values``."""
+        """V*(x), the value of the empty prefix — β log E_{y~π_ref} exp(r(x, y)/β) for ``soft_values``."""
         return float(self.v_table[0])
 
     def advantages(self) -> torch.Tensor:

@@ -156,6 +156,7 @@ class RewardModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """r̂(x, y) for each row of features [N, D] (standardised, then the linear head): Tensor [N]."""
         return self.head((features - self.mean) / self.std).squeeze(-1)
 
 

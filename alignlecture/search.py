@@ -3,17 +3,17 @@
 At a prefix s the decoder takes the k most likely next tokens a under π, extends each s·a by a greedy rollout
 of ``depth`` more tokens, and scores the lookahead with the reward of its text plus λ times its log-prob,
 
-    score(s, a) = r(s·a·rollout) + λ [log π(a|s) + log π(rollout | s·a)],
+    score(s, a) = r(s·a·rollout) + λ [log π(a∣s) + log π(rollout | s·a)],
 
 then keeps the best candidate (temperature 0) or samples one from softmax(score/τ) over the k candidates.
 A lookahead that has not ended is scored as the text so far (a text reward reads any string).
 
 The ideal guide replaces the rollout by the exact soft value of chapter 5: score(s, a) = Q*(s, a) =
-β log π_ref(a|s) + V*(s·a), over every token, with τ = β — and the same selection rule is then exactly π*.
+β log π_ref(a∣s) + V*(s·a), over every token, with τ = β — and the same selection rule is then exactly π*.
 With λ = β and rollouts that reach the end, the rollout score is one term of the sum whose log is that value:
-r(y) + β log π_ref(y_{>t}|s) ≤ β log Σ_y' π_ref(y'|s) e^{r(y')/β}, so guided search under-estimates Q*.
+r(y) + β log π_ref(y_{>t}∣s) ≤ β log Σ_y' π_ref(y'∣s) e^{r(y')/β}, so guided search under-estimates Q*.
 
-Compute is counted in next-token evaluations (one distribution π(·|prefix) for one row) and reward calls
+Compute is counted in next-token evaluations (one distribution π(·∣prefix) for one row) and reward calls
 (one text scored): per generated token 1 + (at most) k·depth evaluations and k reward calls.
 """
 
@@ -151,7 +151,7 @@ class GuidedGenerations:
 
     @property
     def kl(self) -> torch.Tensor:
-        """log q(y|x) − log π(y|x) per prompt, [B]: KL(q‖π) exactly when τ = 0 (q is a point mass), else a
+        """log q(y∣x) − log π(y∣x) per prompt, [B] — KL(q‖π) exactly when τ = 0 (q is a point mass), else a
         one-sample unbiased estimate of it."""
         return (self.select_logprobs - self.logprobs).sum(dim=1)
 
@@ -197,7 +197,7 @@ def guided_search(
 ) -> GuidedGenerations:
     """Decode with reward-guided lookahead (DeAL), batched over prompts, on chapter 3's cached decoder.
 
-    Each step: log π(·|x, y_<t) from the prompt's KV cache; its top-k tokens; k branches of that cache (no
+    Each step: log π(·∣x, y_<t) from the prompt's KV cache; its top-k tokens; k branches of that cache (no
     prefix recomputed), each rolled out greedily for ``depth`` tokens; one ``reward_fn`` call on the k texts
     y_<t·a·rollout of every live prompt; score = r + λ log π(a·rollout | x, y_<t); choose (τ = 0: the best).
     """

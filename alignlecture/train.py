@@ -6,6 +6,7 @@
     result = DPOTrainer(fresh_policy, pairs, config, peft_config=...).train(resume_from_checkpoint=True)  # bit for bit
 
 Reference log-probs are computed once before training. Three ways to choose what trains:
+
 - full fine-tuning (default);
 - ``peft_config``: adapters through peft (any LoraConfig); the policy keeps the PeftModel and the adapter is saved
   in PEFT's own format, so ``PeftModel.from_pretrained(base, output_dir)`` reloads it; merge with

@@ -415,3 +415,17 @@ def test_every_public_function_and_class_has_a_docstring():
             if (inspect.isfunction(obj) or inspect.isclass(obj)) and not (obj.__doc__ or "").strip():
                 missing.append(f"{name}.{attr}")
     assert missing == []
+
+
+def test_repeated_inline_scripts_are_dropped_once_built():
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from dedupe_scripts import dedupe_page
+
+    page = '<head>\n<script>const A = 1</script>\n<script src="x.js"></script>\n<script>const A = 1</script>\n</head>\n'
+    assert dedupe_page(page) == '<head>\n<script>const A = 1</script>\n<script src="x.js"></script>\n</head>\n'
+
+
+def test_built_pages_declare_each_inline_script_once(built):
+    for page in _pages(built):
+        inline = [line.strip() for line in page.read_text().splitlines() if re.match(r"^\s*<script>.*</script>\s*$", line)]
+        assert len(inline) == len(set(inline)), f"{page.relative_to(built)} repeats an inline script"
