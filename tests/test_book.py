@@ -123,7 +123,8 @@ def _inject_error(code):
 
 
 def _change_first_cell(code):
-    code[0].source = code[0].source.replace("@v", "@vOLD")
+    code[0].source = code[0].source.replace("alignlecture @ git+", "alignlecture @ git+OLD", 1)
+    assert code[0].source != install_cell()
 
 
 def _unexecute(code):

@@ -207,7 +207,9 @@ def test_mixing_logits_processor_in_transformers_generate_gives_the_same_tokens(
     from transformers import LogitsProcessorList
 
     a, b = pair
-    tok = copy.copy(a.tokenizer)  # a private copy: the session's shared tokenizer keeps its padding side
+    # a private deep copy: a shallow copy shares init_kwargs, so padding_side would leak into the session's
+    # shared tokenizer (and into what save_pretrained writes for it)
+    tok = copy.deepcopy(a.tokenizer)
     tok.padding_side = "left"
     enc = tok([a.format_prompt(p) for p in PROMPTS], return_tensors="pt", padding=True, add_special_tokens=False)
     singles = [generate_mixed([a, b], w, PROMPTS, max_new_tokens=10, do_sample=False).completion_ids for w in ([1.0, 0.0], [0.0, 1.0])]

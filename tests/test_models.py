@@ -484,3 +484,13 @@ def test_a_system_prompt_shares_weights_and_changes_only_the_formatted_prompt(sm
     assert terse.format_prompt("Say hi.", chat=False) == "Say hi."
     with pytest.raises(ValueError, match="non-empty str"):
         smollm.with_system_prompt("  ")
+
+
+def test_a_saved_tokenizer_does_not_keep_the_padding_of_its_last_call(tiny, tmp_path):
+    """generate pads on the left; the backend remembers that, and the saved copy must not (it pads like the original)."""
+    generate(tiny, ["the movie was", "i"], max_new_tokens=2, do_sample=False)
+    loaded = load_policy(str(save_converted(tiny.model, tiny.tokenizer, tmp_path / "tiny")), device="cpu")
+    texts = ["the movie was very good", "i love tea"]
+    want = tiny.tokenizer(texts, return_tensors="pt", padding=True)["input_ids"]
+    assert loaded.tokenizer.padding_side == tiny.tokenizer.padding_side
+    assert torch.equal(loaded.tokenizer(texts, return_tensors="pt", padding=True)["input_ids"], want)
