@@ -430,3 +430,87 @@ def test_built_pages_declare_each_inline_script_once(built):
     for page in _pages(built):
         inline = [line.strip() for line in page.read_text().splitlines() if re.match(r"^\s*<script>.*</script>\s*$", line)]
         assert len(inline) == len(set(inline)), f"{page.relative_to(built)} repeats an inline script"
+
+
+# ---------------------------------------------------------------------------------------------- chapters ↔ API
+API_ROLE = re.compile(r"\{py:\w+\}`(?:[^`<]*<)?~?([\w.]+?)(?:\(\))?>?`")
+
+
+def _aliases(nb) -> dict[str, str]:
+    """Every name a notebook's code cells bind to a package object: ``{"bon": "alignlecture.bon", ...}``."""
+    import ast
+
+    names: dict[str, str] = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("alignlecture"):
+                for a in node.names:
+                    names[a.asname or a.name] = f"{node.module}.{a.name}"
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("alignlecture"):
+                        names[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+    return names
+
+
+def _canonical(dotted: str) -> str:
+    """The name autodoc documents ``dotted`` under: its defining module and qualified name."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = vars(obj).get(attr, getattr(obj, attr, None)) if isinstance(obj, type) else getattr(obj, attr)
+        target = getattr(obj, "fget", obj)  # a property documents under the class attribute's name
+        module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+        return f"{module}.{qualname}" if module and qualname else dotted
+    raise ImportError(dotted)
+
+
+def _shown_objects(nb) -> list[str]:
+    """The package objects a notebook passes to ``show_source(...)``, fully qualified."""
+    import ast
+
+    names, shown = _aliases(nb), []
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "show_source(" not in cell.source:
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "show_source" and node.args:
+                dotted = ast.unparse(node.args[0])
+                head, _, rest = dotted.partition(".")
+                assert head in names, f"show_source({dotted}): {head!r} is not imported from alignlecture"
+                shown.append(_canonical(names[head] + (f".{rest}" if rest else "")))
+    return shown
+
+
+def _linked(nb) -> set[str]:
+    return {m for c in nb.cells if c.cell_type == "markdown" for m in API_ROLE.findall(c.source)}
+
+
+def test_shown_objects_and_links_are_read_as_qualified_names():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("from alignlecture import bon as b\nfrom alignlecture.toy import ToyWorld\n"
+                                  "show_source(b.tilted)\nshow_source(ToyWorld.optimal_policy)"),
+        nbformat.v4.new_markdown_cell("{py:func}`~alignlecture.bon.tilted` and "
+                                      "{py:meth}`the optimum <alignlecture.toy.ToyWorld.optimal_policy>`"),
+    ]
+    assert _shown_objects(nb) == ["alignlecture.bon.tilted", "alignlecture.toy.ToyWorld.optimal_policy"]
+    assert _linked(nb) == {"alignlecture.bon.tilted", "alignlecture.toy.ToyWorld.optimal_policy"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_shown_function_is_linked_to_its_api_entry(path):
+    """A chapter that shows a function's source links its API entry ({py:func} etc.) from its prose. Private
+    helpers (a leading underscore) have no API entry; the public function that calls them is linked instead."""
+    nb = _read(path)
+    public = [name for name in _shown_objects(nb) if not any(p.startswith("_") for p in name.split("."))]
+    missing = sorted(set(public) - _linked(nb))
+    assert missing == [], f"{path.name} shows the source of {missing} but links no API entry for them"
