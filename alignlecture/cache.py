@@ -4,6 +4,10 @@
 ``cache_dir()/kind/<hash>.pt`` (written to a temporary file, then renamed: a crash leaves nothing half
 written); later calls with the same key load it. The key must name everything the result depends on — model,
 prompts, seed, decoding settings — so that a changed experiment never reads an old result.
+
+``atomic_directory(target)`` does the same for a directory of files (the zoo's tuned weights, a trainer's
+checkpoints): they are written into a temporary directory beside ``target``, which is renamed into place only
+once every file is written.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -54,3 +60,24 @@ def memo(kind: str, key: dict, compute: Callable[[], object]):
         if os.path.exists(tmp):
             os.remove(tmp)
     return value
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """A new empty directory beside ``target`` to write into; on leaving the block it replaces ``target``.
+
+    ``with atomic_directory(out) as tmp: write files into tmp``. A ``target`` that exists is removed just before
+    the rename (so it is replaced whole, never merged). If the block raises, the temporary directory is deleted and
+    ``target`` is left as it was: nothing half written is ever found under ``target``'s name.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

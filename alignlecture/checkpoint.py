@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .cache import atomic_directory
+
 STATE = "trainer_state.json"
 # config fields that may change between a run and its resumption (they do not change the trajectory)
 MAY_CHANGE = ("output_dir", "overwrite_output_dir", "max_steps", "num_train_epochs", "logging_steps", "save_steps",
@@ -115,26 +117,11 @@ def _state(trainer, step: int, history: list[dict]) -> dict:
             "peft_config": _peft_dict(trainer), "fingerprint": trainer.fingerprint}
 
 
-def _atomic_dir(target: Path, write) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        write(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def save(trainer, accelerator, module, opt, scheduler, step: int, history: list[dict]) -> Path:
     """output_dir/checkpoint-N: weights, optimizer, scheduler, RNG and trainer state."""
     target = Path(trainer.config.output_dir) / f"checkpoint-{step}"
     if accelerator.is_main_process:
-
-        def write(tmp: Path) -> None:
+        with atomic_directory(target) as tmp:
             _write_weights(trainer, accelerator, module, tmp)
             torch.save(opt.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -143,8 +130,6 @@ def save(trainer, accelerator, module, opt, scheduler, step: int, history: list[
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             torch.save(rng, tmp / "rng_state.pth")
             (tmp / STATE).write_text(json.dumps(_state(trainer, step, history), indent=1))
-
-        _atomic_dir(target, write)
     accelerator.wait_for_everyone()
     return target
 

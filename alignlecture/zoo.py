@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from .cache import atomic_directory
 from .models import Policy, cache_dir, generate, load_policy
 from .preferences import PreferenceDataset, all_pairs_dataset
 from .prompts import prompt_set
@@ -109,17 +107,9 @@ def save_tuned(rec: Recipe, policy: Policy) -> Path:
     tuned = policy.model.state_dict()
     changed = {k: v.detach().cpu().contiguous() for k, v in tuned.items() if not torch.equal(v.cpu(), base[k])}
     out = _dir(rec)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         save_file(changed, str(tmp / "tuned.safetensors"), metadata={"recipe": rec.name})
         (tmp / "recipe.json").write_text(json.dumps(asdict(rec), indent=2, sort_keys=True))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -40,3 +40,59 @@ def test_bad_kind_and_key_are_refused():
         cache.path("../x", {})
     with pytest.raises(TypeError, match="dict"):
         cache.key_hash(["not", "a", "dict"])
+
+
+# ------------------------------------------------------------------------------------ atomic_directory
+def _leftovers(parent):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_atomic_directory_renames_a_finished_directory_into_place(tmp_path):
+    target = tmp_path / "deep" / "run"
+    with cache.atomic_directory(target) as tmp:
+        assert tmp.is_dir() and tmp.parent == target.parent and not target.exists()
+        (tmp / "a.txt").write_text("a")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    assert _leftovers(target.parent) == []
+
+
+def test_atomic_directory_leaves_no_target_and_no_temp_dir_on_an_exception(tmp_path):
+    target = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with cache.atomic_directory(target) as tmp:
+            (tmp / "half.bin").write_bytes(b"12")
+            raise RuntimeError("disk full")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_replaces_an_existing_target_whole_and_keeps_it_on_an_exception(tmp_path):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with cache.atomic_directory(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]  # untouched
+    assert _leftovers(tmp_path) == []
+    with cache.atomic_directory(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]  # replaced, not merged
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_checkpoint_whose_write_fails_leaves_nothing_behind(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from alignlecture import checkpoint
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "_write_weights", fail)
+    trainer = SimpleNamespace(config=SimpleNamespace(output_dir=str(tmp_path / "out")))
+    accelerator = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(trainer, accelerator, None, None, None, 3, [])
+    assert list((tmp_path / "out").iterdir()) == []  # no checkpoint-3, no .checkpoint-3-* temp dir

@@ -36,3 +36,17 @@ def test_save_and_load_tuned_round_trips_only_the_changed_tensors(smollm, tmp_pa
     for (name, a), b in zip(tuned.model.state_dict().items(), loaded.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert loaded.name == "smollm2-positivity"
+
+
+def test_save_tuned_that_fails_midway_leaves_no_directory(smollm, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNLECTURE_CACHE", str(tmp_path))
+    import safetensors.torch
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(zoo, "load_policy", lambda *a, **k: smollm)  # the base: nothing changed, cheap
+    monkeypatch.setattr(safetensors.torch, "save_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        zoo.save_tuned(zoo.recipe("smollm2-positivity"), smollm)
+    assert list((tmp_path / "zoo").iterdir()) == []  # neither the recipe's directory nor a temp dir
