@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -23,3 +24,21 @@ def best_of(fn, repeats: int = 5, device: torch.device | None = None) -> float:
         sync(device)
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def arguments(doc: str, *, repeats: int, threads: int | None = None) -> argparse.ArgumentParser:
+    """A parser titled by the first line of ``doc``, with the options every timing takes: ``--repeats`` (best of
+    how many runs) and, where ``threads`` is given, ``--threads`` (torch's thread count, set by ``parse``)."""
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"timed runs, best kept (default {repeats})")
+    if threads is not None:
+        parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The command line's arguments; sets torch's thread count where the parser has ``--threads``."""
+    args = parser.parse_args()
+    if getattr(args, "threads", None) is not None:
+        torch.set_num_threads(args.threads)
+    return args

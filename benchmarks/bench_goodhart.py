@@ -10,11 +10,9 @@ Goal for both: < 1 s on the course's 2-core CPU.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from _timing import best_of
+from _timing import arguments, best_of, parse
 from alignlecture import goodhart as gh
 from alignlecture.bon import bon_distribution, kl_divergence
 
@@ -37,13 +35,10 @@ def loop_bon(p, proxy, gold, ns):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = arguments(__doc__, repeats=5, threads=2)
     ap.add_argument("--responses", type=int, default=100_000)
     ap.add_argument("--pressures", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(ap)
     p, proxy, gold = world(args.responses)
     ns = torch.unique(torch.logspace(0, 4, args.pressures).round().long()).tolist()
     ns += [ns[-1] + i for i in range(1, args.pressures - len(ns) + 1)]  # exactly `pressures` distinct n

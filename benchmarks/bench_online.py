@@ -9,12 +9,10 @@ Both must end at the same logits (checked). Goal: < 2 s per run.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from alignlecture import online
-from _timing import best_of
+from _timing import arguments, best_of, parse
 
 
 def autograd_online_dpo(rewards, beta, sampler, steps, lr) -> torch.Tensor:
@@ -32,15 +30,12 @@ def autograd_online_dpo(rewards, beta, sampler, steps, lr) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = arguments(__doc__, repeats=3, threads=1)
     ap.add_argument("--K", type=int, default=300)
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--beta", type=float, default=3.0)
     ap.add_argument("--lr", type=float, default=10.0)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(ap)
     rewards = torch.randn(args.K, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     print(f"K = {args.K}, {args.steps} steps, β = {args.beta}, lr = {args.lr}, {args.threads} torch thread(s), "
           f"best of {args.repeats}")

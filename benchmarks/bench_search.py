@@ -17,7 +17,6 @@ so the same cost as the trained model) — for machines without the model's weig
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 
@@ -31,7 +30,7 @@ from alignlecture.mixing import generate_mixed  # noqa: E402
 from alignlecture.models import Policy, load_policy  # noqa: E402
 from alignlecture.prompts import prompt_set  # noqa: E402
 from alignlecture.search import guided_search  # noqa: E402
-from _timing import best_of  # noqa: E402
+from _timing import arguments, best_of, parse  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 
@@ -54,7 +53,7 @@ def text_length(texts: list[str]) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arguments(__doc__, repeats=3)
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--random-weights", default=None, help="directory with config.json and a tokenizer")
     parser.add_argument("--device", default=None)
@@ -62,8 +61,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse(parser)
     device = torch.device(args.device) if args.device else None
     if args.random_weights:
         policy = random_policy(args.random_weights, device or torch.device("cpu"))
