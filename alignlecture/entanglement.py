@@ -237,6 +237,151 @@ def _encoded(pi, responses):
 
 
 # ---------------------------------------------------------------------------------------------- real models
+class RowGradients:
+    """Every row's gradient ∇_θ log π(row r) from ONE batched backward pass (the per-example gradient trick).
+
+    Rows of a batch do not interact, so the gradient of Σ_r log π_r with respect to a layer's output, read at
+    row r, is row r's own δ_r; a linear layer's gradient for row r is then δ_rᵀ x_r (x_r: the layer's input
+    for that row), and an RMSNorm weight's is Σ_t δ_r,t ∘ x̂_r,t. Hooks record x and the output during the
+    forward; :meth:`gram`, :meth:`square_norms` and :meth:`combine` build the per-row quantities from them,
+    never the [rows, D] matrix of gradients at once. Covers nn.Linear (top blocks, LoRA's A and B) and
+    RMSNorm weights; any other trainable parameter is refused with the alternative named.
+
+    >>> with RowGradients(module, params) as rows:
+    ...     logps = ...  # forward of a batch, Tensor [R]
+    >>> rows.gram(logps)  # ⟨∇_r, ∇_s⟩, Tensor [R, R] float64
+    """
+
+    def __init__(self, module: torch.nn.Module, params):
+        self.params = list(params)
+        owner, missing = _owners(module, self.params)
+        if missing:
+            raise ValueError(f"{len(missing)} trainable parameter(s) (shapes {missing[:3]}) are not the weight or bias "
+                             "of one nn.Linear or the weight of one RMSNorm (embeddings and tied weights are not), "
+                             "so one pass cannot give per-row gradients for them; train the top blocks (trainable_layers) or LoRA, or take one pass per row")
+        self.modules = list({id(m): (m, kind) for m, kind, _ in owner.values()}.values())
+        self.owner = owner
+        self.calls: dict[int, list] = {id(m): [] for m, _ in self.modules}
+        self._hooks, self._delta = [], None
+
+    @staticmethod
+    def supports(module: torch.nn.Module, params) -> bool:
+        """Whether every parameter in ``params`` is an nn.Linear weight/bias or an RMSNorm weight of ``module``."""
+        return not _owners(module, list(params))[1]
+
+    def __enter__(self):
+        for m, _ in self.modules:
+            self._hooks.append(m.register_forward_hook(self._record))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _record(self, module, args, output):
+        self.calls[id(module)].append((args[0].detach(), output))
+
+    def _factors(self, logps: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per module: (input x, output gradient δ), each [R, N, features], calls joined along N."""
+        if self._delta is not None and self._delta[0] is logps:
+            return self._delta[1]
+        if not isinstance(logps, torch.Tensor) or logps.dim() != 1 or not logps.requires_grad:
+            raise ValueError("logps must be the batch's log-probs, a Tensor [R] with gradient, from the forward "
+                             "run inside this `with RowGradients(...)` block")
+        outputs = [(i, x, out) for i, calls in self.calls.items() for x, out in calls]
+        if not outputs:
+            raise ValueError("no hooked layer ran: run the forward inside the `with RowGradients(...)` block")
+        for _, x, _ in outputs:
+            if x.shape[0] != len(logps):
+                raise ValueError(f"a hooked layer saw a batch of {x.shape[0]} rows but logps has {len(logps)}; "
+                                 "per-row gradients need every trainable layer to keep the batch dimension first")
+        grads = torch.autograd.grad(logps.sum(), [o for _, _, o in outputs], retain_graph=True, allow_unused=True)
+        factors: dict[int, list] = {}
+        for (i, x, out), d in zip(outputs, grads):
+            d = torch.zeros_like(out) if d is None else d.detach()
+            m = next(m for m, _ in self.modules if id(m) == i)
+            if _is_rms_norm(m):
+                x = _rms_normalized(m, x)
+            factors.setdefault(i, []).append((x.reshape(len(logps), -1, x.shape[-1]), d.reshape(len(logps), -1, d.shape[-1])))
+        joined = {i: (torch.cat([a for a, _ in f], 1), torch.cat([b for _, b in f], 1)) for i, f in factors.items()}
+        self._delta = (logps, joined)
+        return joined
+
+    def _per_row(self, p, factors) -> torch.Tensor:
+        """Row r's gradient of parameter p, Tensor [R, *p.shape]: Σ_t δ_t x_tᵀ, Σ_t δ_t or Σ_t δ_t ∘ x̂_t."""
+        m, kind, name = self.owner[id(p)]
+        x, d = factors[id(m)]
+        if kind == "norm":
+            return (d * x).sum(1)
+        return d.sum(1) if name == "bias" else torch.einsum("rno,rni->roi", d, x)
+
+    def gram(self, logps: torch.Tensor) -> torch.Tensor:
+        """⟨∇ log π_r, ∇ log π_s⟩ over the parameters, Tensor [R, R] float64 (one parameter at a time)."""
+        factors = self._factors(logps)
+        gram = torch.zeros(len(logps), len(logps), dtype=DTYPE)
+        for p in self.params:
+            g = self._per_row(p, factors).reshape(len(logps), -1)
+            gram += (g @ g.T).double()
+        return gram
+
+    def square_norms(self, logps: torch.Tensor) -> torch.Tensor:
+        """‖∇ log π_r‖² per row, Tensor [R] float64; a linear weight's norm from token products when that is cheaper:
+        ‖δ_rᵀ x_r‖² = Σ_{t,u} (x_t·x_u)(δ_t·δ_u)."""
+        factors = self._factors(logps)
+        out = torch.zeros(len(logps), dtype=DTYPE)
+        for p in self.params:
+            m, kind, name = self.owner[id(p)]
+            x, d = factors[id(m)]
+            if kind == "linear" and name == "weight" and x.shape[1] * (x.shape[2] + d.shape[2]) < x.shape[2] * d.shape[2]:
+                out += ((x @ x.transpose(1, 2)) * (d @ d.transpose(1, 2))).sum((1, 2)).double()
+            else:
+                out += self._per_row(p, factors).reshape(len(logps), -1).pow(2).sum(1).double()
+        return out
+
+    def combine(self, alpha: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
+        """Σ_r α_r ∇ log π_r as one flat vector [D] in the order of ``params`` (what ``PairGradients.apply`` takes)."""
+        factors = self._factors(logps)
+        alpha = finite(alpha, "alpha")
+        if alpha.shape != logps.shape:
+            raise ValueError(f"alpha must have one weight per row, shape {tuple(logps.shape)}; got {tuple(alpha.shape)}")
+        parts = []
+        for p in self.params:
+            m, _, _ = self.owner[id(p)]
+            x, d = factors[id(m)]
+            weighted = {id(m): (x, d * alpha.to(d.dtype)[:, None, None])}
+            parts.append(self._per_row(p, weighted).sum(0).reshape(-1))
+        return torch.cat(parts)
+
+
+def _owners(module, params) -> tuple[dict, list]:
+    """Which module (and kind, attribute name) owns each parameter; the shapes of those no supported module owns."""
+    owner, elsewhere, wanted = {}, set(), {id(p) for p in params}
+    for m in module.modules():
+        kind = "linear" if isinstance(m, torch.nn.Linear) else "norm" if _is_rms_norm(m) else None
+        for name, p in m.named_parameters(recurse=False):
+            if id(p) in wanted:
+                if kind and id(p) not in owner:
+                    owner[id(p)] = (m, kind, name)
+                else:  # an unsupported module, or a second one (tied weights): its share would be missed
+                    elsewhere.add(id(p))
+    return owner, [tuple(p.shape) for p in params if id(p) not in owner or id(p) in elsewhere]
+
+
+def _is_rms_norm(m) -> bool:
+    """An RMSNorm with a weight (Llama, Qwen, Mistral …): out = w ∘ x/√(mean x² + ε)."""
+    return type(m).__name__.endswith("RMSNorm") and isinstance(getattr(m, "weight", None), torch.nn.Parameter)
+
+
+def _rms_normalized(m, x: torch.Tensor) -> torch.Tensor:
+    """x̂ = x/√(mean x² + ε) as the module computes it (in float32, back to x's dtype)."""
+    eps = getattr(m, "variance_epsilon", getattr(m, "eps", None))
+    if eps is None:
+        raise ValueError(f"{type(m).__name__} has no variance_epsilon or eps attribute; cannot recompute its input's norm")
+    h = x.to(torch.float32)
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 class PairGradients:
     """Per-pair ∇ log π(y_w|x), ∇ log π(y_l|x) over the top k blocks (+ final norm) of a Llama-family LM.
 
@@ -296,28 +441,63 @@ class PairGradients:
         lp = torch.stack([done[tuple(self.rows[i])] for j in pairs for i in (j, j + self.n)]).reshape(-1, 2)
         return lp[:, 0], lp[:, 1]
 
+    def _distinct(self, pairs) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """The row index of each distinct response in ``pairs``, and each pair's chosen and rejected position in
+        that list (LongTensors [k])."""
+        index: dict[tuple, int] = {}
+        first = []
+        for i in [i for j in pairs for i in (j, j + self.n)]:
+            if tuple(self.rows[i]) not in index:
+                index[tuple(self.rows[i])] = len(first)
+                first.append(i)
+        rows = torch.tensor([index[tuple(self.rows[i])] for j in pairs for i in (j, j + self.n)]).reshape(-1, 2)
+        return first, rows[:, 0], rows[:, 1]
+
+    def _trainable_only(self):
+        """Context: only ``params`` require grad while it lasts (the model's own flags are restored after)."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def scope():
+            flags = {p: p.requires_grad for p in self.policy.model.parameters()}
+            try:
+                for p in flags:
+                    p.requires_grad_(False)
+                for p in self.params:
+                    p.requires_grad_(True)
+                yield
+            finally:
+                for p, flag in flags.items():
+                    p.requires_grad_(flag)
+        return scope()
+
     def distinct_gradients(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(G [m, D], log π [m]) of the m distinct responses in ``pairs``, and each pair's chosen and rejected
-        row of G (LongTensors [k]) — one forward+backward per distinct response."""
-        flags = {p: p.requires_grad for p in self.policy.model.parameters()}
-        index: dict[tuple, int] = {}
+        row of G (LongTensors [k]) — one forward+backward per distinct response (the reference path)."""
+        first, w, l = self._distinct(pairs)
         grads, logps = [], []
-        try:
-            for p in flags:
-                p.requires_grad_(False)
-            for p in self.params:
-                p.requires_grad_(True)
-            for i in [i for j in pairs for i in (j, j + self.n)]:
-                if tuple(self.rows[i]) not in index:
-                    index[tuple(self.rows[i])] = len(grads)
-                    lp = self._row(i)
-                    grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(lp, self.params)]))
-                    logps.append(lp.detach())
-        finally:
-            for p, flag in flags.items():
-                p.requires_grad_(flag)
-        rows = torch.tensor([index[tuple(self.rows[i])] for j in pairs for i in (j, j + self.n)]).reshape(-1, 2)
-        return torch.stack(grads), torch.stack(logps), rows[:, 0], rows[:, 1]
+        with self._trainable_only():
+            for i in first:
+                lp = self._row(i)
+                grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(lp, self.params)]))
+                logps.append(lp.detach())
+        return torch.stack(grads), torch.stack(logps), w, l
+
+    def row_gradients(self, pairs) -> tuple[RowGradients, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The distinct responses of ``pairs`` in ONE batched forward: (their :class:`RowGradients`, log π [m] with
+        gradient, each pair's chosen and rejected position [k]) — Gram matrix and steps without per-row passes."""
+        from .logprobs import logprobs_from_hidden, pad_rows
+
+        first, w, l = self._distinct(pairs)
+        batch = pad_rows([self.rows[i] for i in first], [self.masks[i] for i in first], self.policy.tokenizer.pad_token_id)
+        hidden = torch.zeros(len(first), batch["input_ids"].shape[1], self.hidden[0].shape[-1], dtype=self.hidden[0].dtype)
+        for j, i in enumerate(first):
+            hidden[j, : len(self.rows[i])] = self.hidden[i]
+        with self._trainable_only(), RowGradients(self.top, self.params) as rows:
+            final = self.top(hidden, batch["attention_mask"])
+            logps = logprobs_from_hidden(final, self.policy.model.lm_head, batch["input_ids"],
+                                         batch["completion_mask"]).per_sequence
+        return rows, logps, w, l
 
     def gradients(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(∇w [k, D], ∇l [k, D], log π_w [k], log π_l [k]) per pair."""
@@ -341,15 +521,15 @@ def lm_step(pg: PairGradients, pairs, ref_chosen, ref_rejected, beta: float, lea
             *, normalized: bool = False, step_norm: float | None = None) -> dict[str, torch.Tensor]:
     """One SGD step on the mean DPO loss of ``pairs`` (or its pairwise-normalized form); first-order vs actual.
 
-    Everything first-order comes from the Gram matrix K = G Gᵀ of the distinct responses' gradients: the
-    step is Δθ = Σ_r α_r G_r, so ⟨Δθ, ∇ log π(y_s)⟩ = (K α)_s. ``step_norm`` rescales Δθ to that length (to
+    Everything first-order comes from the Gram matrix K = G Gᵀ of the distinct responses' gradients, built
+    from one batched backward (:class:`RowGradients`, never G itself): the step is Δθ = Σ_r α_r G_r, so ⟨Δθ, ∇ log π(y_s)⟩ = (K α)_s. ``step_norm`` rescales Δθ to that length (to
     compare directions at equal step sizes). Returns per pair: the case by the lecture's single-pair terms,
     the first-order changes under the whole batch's step, the actual changes; and ‖Δθ‖.
     """
     beta = positive_finite(beta, "beta", "the KL coefficient")
     learning_rate = positive_finite(learning_rate, "learning_rate")
-    g, lp, w, l = pg.distinct_gradients(pairs)
-    gram = (g @ g.T).double()  # [m, m]
+    rows, logps, w, l = pg.row_gradients(pairs)  # one batched forward; gradients per response on demand
+    gram, lp = rows.gram(logps), logps.detach()  # [m, m], [m]
     before_w, before_l = lp[w].double(), lp[l].double()
     c = beta * torch.sigmoid(beta * ((before_l - ref_rejected) - (before_w - ref_chosen)))  # c/η per pair
     scale = nonzero_norms(gram.diagonal().sqrt(), "‖∇ log π(y|x)‖") if normalized else torch.ones(len(lp), dtype=DTYPE)
@@ -357,7 +537,7 @@ def lm_step(pg: PairGradients, pairs, ref_chosen, ref_rejected, beta: float, lea
     alpha = alpha * learning_rate / len(w)
     if step_norm is not None:
         alpha = alpha * positive_finite(step_norm, "step_norm") / (alpha @ gram @ alpha).sqrt()
-    pg.apply(alpha.to(g.dtype) @ g)
+    pg.apply(rows.combine(alpha, logps))  # Δθ = Σ_r α_r ∇ log π(y_r)
     after_w, after_l = pg.logps(pairs)
     inner, sq = gram[w, l], gram.diagonal()
     predicted = gram @ alpha

@@ -20,6 +20,7 @@ Completions are scored with eos appended: the package's one convention (``alignl
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -84,7 +85,7 @@ class DPOConfig:
     trainable_layers: int | None = None
     chat: bool = True
     progress: bool = True
-    pairwise_normalized: bool = False  # chapter 4: step along Σ c_i(∇w/‖∇w‖ − ∇l/‖∇l‖) (one extra pass per row)
+    pairwise_normalized: bool = False  # chapter 4: step along Σ c_i(∇w/‖∇w‖ − ∇l/‖∇l‖) (norms from one extra backward)
 
     def __post_init__(self) -> None:
         check_dpo_args(self.beta, self.loss_type, self.label_smoothing)
@@ -348,12 +349,23 @@ class DPOTrainer:
             p.requires_grad_(True)
         return model
 
-    def _pairwise_normalized(self, module, rows, logps, ref, params, device) -> torch.Tensor:
-        """A loss whose gradient is minus the pairwise-normalized step (chapter 4): one forward+backward per row
-        for its gradient norm, then ``entanglement.normalized_surrogate`` on the batch's log-probs."""
+    def _row_gradients(self, module, params):
+        """Hooks that give every row's gradient norm from the batch's own backward (chapter 4), when every
+        trainable parameter is a linear or RMSNorm weight (top blocks, LoRA); None otherwise."""
+        from .entanglement import RowGradients
+
+        return RowGradients(module, params) if RowGradients.supports(module, params) else None
+
+    def _pairwise_normalized(self, module, rows, logps, ref, params, device, row_gradients=None) -> torch.Tensor:
+        """A loss whose gradient is minus the pairwise-normalized step (chapter 4): each row's gradient norm —
+        from the batch's hooks (one extra backward to the layer outputs) or else one forward+backward per row —
+        then ``entanglement.normalized_surrogate`` on the batch's log-probs."""
         from .entanglement import gradient_norm, normalized_surrogate
 
-        norms = torch.stack([gradient_norm(self._logps(module, [r], device)[0], params) for r in rows]).to(logps.dtype)
+        if row_gradients is not None:
+            norms = row_gradients.square_norms(logps).sqrt().to(logps.dtype)
+        else:
+            norms = torch.stack([gradient_norm(self._logps(module, [r], device)[0], params) for r in rows]).to(logps.dtype)
         k, beta = len(rows) // 2, self.config.beta
         weights = beta * torch.sigmoid(beta * ((logps[k:] - ref[k:]) - (logps[:k] - ref[:k])))
         return normalized_surrogate(logps[:k], logps[k:], norms[:k], norms[k:], weights)
@@ -444,7 +456,10 @@ class DPOTrainer:
             with accelerator.accumulate(module):
                 rows = list(pair_idx) + [i + n for i in pair_idx]
                 k = len(pair_idx)
-                logps = self._logps(module, rows, device)
+                inner = accelerator.unwrap_model(module)  # per-row work bypasses the data-parallel wrapper
+                hooks = self._row_gradients(inner, params) if cfg.pairwise_normalized else None
+                with hooks or contextlib.nullcontext():
+                    logps = self._logps(module, rows, device)
                 ref, lengths = self.ref_logps[rows].to(device), self.lengths[rows].to(device)
                 lp, lr = self._loss_logps(logps, lengths), self._loss_logps(ref, lengths)
                 losses, _, _ = dpo_loss(lp[:k], lp[k:], lr[:k], lr[k:], beta=cfg.beta,
@@ -453,7 +468,7 @@ class DPOTrainer:
                 loss = losses.mean()
                 self._check_finite(accelerator, loss.detach(), "loss", step, bar)
                 if cfg.pairwise_normalized:  # the logged loss stays DPO's; the step follows the normalized direction
-                    accelerator.backward(self._pairwise_normalized(module, rows, logps, ref, params, device))
+                    accelerator.backward(self._pairwise_normalized(inner, rows, logps, ref, params, device, hooks))
                 else:
                     accelerator.backward(loss)
                 if accelerator.sync_gradients:

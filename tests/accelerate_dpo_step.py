@@ -3,7 +3,10 @@
 Run it with plain ``python`` (1 process × 8 pairs) or under ``accelerate launch`` with 2 processes (2 × 4 pairs):
 the global batch is the same, so the first step's loss and the updated weights must be the same too.
 
-    python tests/accelerate_dpo_step.py OUT_DIR
+    python tests/accelerate_dpo_step.py OUT_DIR [MODE]
+
+MODE: ``plain`` (default, full fine-tuning), ``normalized-top`` (pairwise-normalized descent on the top block: norms
+from the batch's hooks) or ``normalized-full`` (pairwise-normalized, full fine-tuning: norms from one pass per row).
 
 On the main process it writes OUT_DIR/result.json (first-step loss, number of processes, distributed type) and
 OUT_DIR/weights.safetensors (the policy's state dict after the step).
@@ -24,7 +27,11 @@ from dpo_pairs import DATA  # noqa: E402 — tests/ is this script's directory, 
 GLOBAL_BATCH = 8
 
 
-def main(out_dir: str) -> None:
+MODES = {"plain": {}, "normalized-top": {"pairwise_normalized": True, "trainable_layers": 1},
+         "normalized-full": {"pairwise_normalized": True}}
+
+
+def main(out_dir: str, mode: str = "plain") -> None:
     import torch
     from accelerate import PartialState
     from safetensors.torch import save_file
@@ -41,7 +48,7 @@ def main(out_dir: str) -> None:
     reference = tiny_policy(seed=1, device="cpu")  # ≠ policy, so the first loss is not ln 2 by construction
     config = DPOConfig(
         per_device_train_batch_size=GLOBAL_BATCH // num_processes, optimizer="sgd", learning_rate=0.1, max_grad_norm=None,
-        max_steps=1, num_train_epochs=1, progress=False, chat=False, seed=0,
+        max_steps=1, num_train_epochs=1, progress=False, chat=False, seed=0, **MODES[mode],
     )
     result = DPOTrainer(policy, DATA, config, ref_policy=reference).train()
     state = PartialState()  # the state the trainer ran under
@@ -64,6 +71,6 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: accelerate_dpo_step.py OUT_DIR")
-    main(sys.argv[1])
+    if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] not in MODES):
+        raise SystemExit(f"usage: accelerate_dpo_step.py OUT_DIR [{'|'.join(MODES)}]")
+    main(*sys.argv[1:])

@@ -564,7 +564,8 @@ def run_step(cmd: list[str], out: Path, **extra_env: str) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
-def test_two_processes_of_four_pairs_equal_one_process_of_eight(tmp_path):
+@pytest.mark.parametrize("mode", ["plain", "normalized-top", "normalized-full"])
+def test_two_processes_of_four_pairs_equal_one_process_of_eight(tmp_path, mode):
     """Data-parallel DPO through accelerate: same global batch → same first loss and same updated weights.
 
     ``accelerate launch --cpu --num_processes 2`` starts ONE process in accelerate 1.x (the simple launcher; multi-CPU
@@ -575,12 +576,12 @@ def test_two_processes_of_four_pairs_equal_one_process_of_eight(tmp_path):
 
     script = str(ROOT / "tests" / "accelerate_dpo_step.py")
     one, two = tmp_path / "one", tmp_path / "two"
-    single = run_step([sys.executable, script, str(one)], one)
+    single = run_step([sys.executable, script, str(one), mode], one)
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     launch = [
         accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_ip", "127.0.0.1",
-        "--main_process_port", str(free_port()), script, str(two),
+        "--main_process_port", str(free_port()), script, str(two), mode,
     ]
     double = run_step(launch, two, ACCELERATE_USE_CPU="1")
     assert (single["num_processes"], single["batch_size"]) == (1, 8)
