@@ -514,3 +514,74 @@ def test_every_shown_function_is_linked_to_its_api_entry(path):
     public = [name for name in _shown_objects(nb) if not any(p.startswith("_") for p in name.split("."))]
     missing = sorted(set(public) - _linked(nb))
     assert missing == [], f"{path.name} shows the source of {missing} but links no API entry for them"
+
+
+# ---------------------------------------------------------------------------------------------- API → chapters
+def _used_in():
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import used_in
+
+    return used_in
+
+
+def test_used_in_reads_imports_attributes_methods_and_shown_sections(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("from alignlecture import bon as b\nfrom alignlecture.toy import ToyWorld\n"
+                                  "from alignlecture.dpo import dpo_loss\nworld = ToyWorld()\n"
+                                  "world.optimal_policy\nb.kl_divergence(p, q)\n%matplotlib inline"),
+        nbformat.v4.new_markdown_cell("(sec-tilt)=\n## The tilt\n\ntext"),
+        nbformat.v4.new_code_cell("show_source(b.tilted)"),
+        nbformat.v4.new_markdown_cell("## Unlabelled\n"),
+        nbformat.v4.new_code_cell("show_source(b.bon_kl_bound)"),
+    ]
+    path = tmp_path / "06_x.ipynb"
+    nbformat.write(nb, path)
+    uses = _used_in().notebook_uses(path)
+    assert uses == {
+        ("alignlecture.toy", "ToyWorld"): None,
+        ("alignlecture.toy", "ToyWorld.optimal_policy"): None,
+        ("alignlecture.bon", "kl_divergence"): None,
+        ("alignlecture.bon", "tilted"): "sec-tilt",
+        ("alignlecture.bon", "bon_kl_bound"): None,
+    }  # dpo_loss is imported but never used
+    assert _used_in().used_in_line([(path, "sec-tilt")]) == (
+        "*Used in:* :doc:`chapter 6 </notebooks/06_x>` (source shown in :ref:`sec-tilt`)."
+    )
+
+
+def _api_entry(page: str, name: str) -> str:
+    start = page.index(f'id="{name}"')
+    end = page.find('<dt class="sig sig-object', start + 1)
+    return page[start : end if end > 0 else None]
+
+
+@pytest.mark.parametrize(
+    ("name", "chapters", "section"),
+    [
+        ("alignlecture.dpo.dpo_loss", ["02_rlhf_and_dpo"], None),
+        ("alignlecture.bon.bon_kl_bound", ["06_best_of_n", "06b_reward_guided_search"], "06_best_of_n.html#ch6-kl-bound"),
+        ("alignlecture.qfunction.soft_backup", ["05_q_function"], "05_q_function.html#ch5-bellman"),
+        ("alignlecture.toy.ToyWorld.optimal_policy", ["02_rlhf_and_dpo", "03_logit_mixing"], "02_rlhf_and_dpo.html#ch2-gibbs"),
+    ],
+)
+def test_api_entries_name_the_chapters_that_use_them(built, name, chapters, section):
+    api = built / "book" / "api.html"
+    entry = _api_entry(api.read_text(), name)
+    assert "<em>Used in:</em>" in entry, f"{name}: no 'Used in' line"
+    targets = re.findall(r'href="\.\./notebooks/([^"]+)"', entry)
+    for chapter in chapters:
+        assert f"{chapter}.html" in targets, f"{name}: no link to {chapter}"
+    for target in targets:
+        path, _, fragment = target.partition("#")
+        page = built / "notebooks" / path
+        assert page.is_file(), f"{name} links {target}, which was not built"
+        if fragment:
+            assert f'id="{fragment}"' in page.read_text(), f"{name} links {target}: no such section"
+    if section:
+        assert section in targets, f"{name}: does not link the section showing its source ({section})"
+
+
+def test_api_entries_no_chapter_uses_get_no_used_in_line(built):
+    entry = _api_entry((built / "book" / "api.html").read_text(), "alignlecture.bon.check_n")
+    assert "Used in" not in entry
