@@ -246,7 +246,9 @@ def best_of_n(
     n: int,
     **sampling,
 ) -> BestOfN:
-    """Sample n completions per prompt in ONE batched ``models.generate`` and keep the highest-reward one.
+    """Best-of-n on a language model: y = argmax_i r(x, y_i) over y_1 … y_n ~ π(·∣x) (lecture §best-of-n).
+
+    The n completions per prompt come from ONE batched ``models.generate``; the highest-reward one is kept.
 
     ``reward_fn`` maps a list of completion texts to one finite score each (e.g. ``rewards.gold_reward(...)``).
     ``sampling`` goes to ``generate`` (max_new_tokens, temperature, top_p, seed, chat, batch_size); batch_size

@@ -118,7 +118,9 @@ def evaluate(policy, ref_policy, dataset, *, beta: float = 0.1, loss_type: str =
 
 def tabular_dpo(world, pi_ref, rewards: torch.Tensor, beta: float, *, scale: float = 1.0, steps: int = 500,
                 learning_rate: float = 0.05):
-    """DPO on a toy world with exact preferences: minimise the population DPO loss over every pair.
+    """Exact DPO on a toy world: minimise −E log σ(β log π_θ(y_w)/π_ref(y_w) − β log π_θ(y_l)/π_ref(y_l)) (§DPO).
+
+    The expectation is the population DPO loss over every pair, with exact preferences.
 
     Pairs (y1, y2) are weighted by π_ref(y1)·π_ref(y2) and labelled with the exact Bradley–Terry probability
     σ(scale·(r1 − r2)); the implicit reward is β·log π_θ/π_ref. Returns (policy, losses).

@@ -64,7 +64,10 @@ class PPOConfig:
 
 def ppo_tabular(world: ToyWorld, pi_ref: TabularPolicy, rewards: torch.Tensor, config: PPOConfig,
                 target: TabularPolicy | None = None) -> tuple[TabularPolicy, list[dict]]:
-    """PPO from π_ref on a toy world; the history records KL(π‖target) each iteration when a target is given."""
+    """PPO from π_ref on a toy world toward max_π E_π[r] − β·KL(π‖π_ref) (lecture §RLHF).
+
+    The history records KL(π‖target) each iteration when a target is given.
+    """
     world._check_own(pi_ref, "pi_ref")
     rewards = world.check_values(rewards, "rewards")
     beta = config.beta
@@ -142,7 +145,10 @@ def _rollout(policy, ref_policy, reward_fn, prompts: list[str], samples: int, ma
 
 def ppo_lm(policy, ref_policy, reward_fn, prompts: list[str], config: PPOConfig, *, samples_per_prompt: int = 4,
            max_new_tokens: int = 32, chat: bool = True) -> list[dict]:
-    """PPO on a Hugging Face causal LM (updated in place); returns the mean gold reward per iteration."""
+    """PPO on a Hugging Face causal LM toward max_π E_π[r] − β·KL(π‖π_ref) (lecture §RLHF), updated in place.
+
+    Returns the mean gold reward per iteration.
+    """
     from .logprobs import completion_logprobs
 
     if not prompts:

@@ -162,7 +162,10 @@ class RewardModel(torch.nn.Module):
 
 def train_reward_model(features_chosen: torch.Tensor, features_rejected: torch.Tensor, *, weight_decay: float = 1.0,
                        steps: int = 100, learning_rate: float = 0.05, seed: int = 0):
-    """Fit a RewardModel by minimising the Bradley–Terry loss (full batch, AdamW); returns (model, losses)."""
+    """Fit a RewardModel by minimising ℒ_r(φ) = −(1/N) Σ log σ(r_φ(x, y_w) − r_φ(x, y_l)) (lecture §RLHF).
+
+    The Bradley–Terry loss of the pairs, full batch, AdamW with ``weight_decay``; returns (model, losses).
+    """
     if features_chosen.shape != features_rejected.shape or features_chosen.dim() != 2:
         raise ValueError(
             f"chosen and rejected features must both be [pairs, hidden]; got {tuple(features_chosen.shape)} and "

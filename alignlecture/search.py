@@ -195,7 +195,9 @@ def guided_search(
     depth: int = 2, lam: float = 0.0, temperature: float = 0.0, max_new_tokens: int = 32, seed: int | None = None,
     chat: bool = True,
 ) -> GuidedGenerations:
-    """Decode with reward-guided lookahead (DeAL), batched over prompts, on chapter 3's cached decoder.
+    """Reward-guided lookahead (DeAL) on an LM: tokens by score(s, a) = r(s·a·rollout) + λ log π(a·rollout ∣ s).
+
+    Batched over prompts, on chapter 3's cached decoder.
 
     Each step: log π(·∣x, y_<t) from the prompt's KV cache; its top-k tokens; k branches of that cache (no
     prefix recomputed), each rolled out greedily for ``depth`` tokens; one ``reward_fn`` call on the k texts
