@@ -28,7 +28,14 @@ def bt_probability(r1, r2, scale: float = 1.0) -> torch.Tensor:
 
 
 def sample_preferences(r1, r2, *, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """Bernoulli labels: True where the annotator prefers y1, drawn with probability p*(y1 ≻ y2 | x)."""
+    """Bernoulli labels: True where the annotator prefers y1, drawn with probability p*(y1 ≻ y2 | x).
+
+    The labels are ``torch.rand(…) < p*`` from a fresh generator seeded with ``seed``: give it a seed of its own,
+    never the one that drew y1 and y2. The same seed replays the same uniforms, so a label can repeat a number
+    that chose one of its responses, and labels then correlate with the draws (``torch.multinomial`` with
+    replacement spends one uniform per draw: labels from that seed are biased; ``goodhart.preference_pairs``
+    therefore draws its label seed from its own stream).
+    """
     p = bt_probability(r1, r2, scale)
     gen = torch.Generator().manual_seed(int(seed))
     return torch.rand(p.shape, generator=gen, dtype=torch.float64) < p
