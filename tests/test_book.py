@@ -585,3 +585,39 @@ def test_api_entries_name_the_chapters_that_use_them(built, name, chapters, sect
 def test_api_entries_no_chapter_uses_get_no_used_in_line(built):
     entry = _api_entry((built / "book" / "api.html").read_text(), "alignlecture.bon.check_n")
     assert "Used in" not in entry
+
+
+# ---------------------------------------------------------------------------------------------- check_html.py
+def _page_with(tmp_path: Path, built: Path, equations: list[str]) -> Path:
+    import shutil
+
+    root = tmp_path / "html"
+    shutil.copytree(built / "_static", root / "_static")
+    body = "".join(f'<div style="width: 400px">\\[{tex}\\]</div>' for tex in equations)
+    (root / "page.html").write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><link rel="stylesheet" href="_static/alignlecture.css">'
+        '<script defer src="_static/mathjax/tex-mml-chtml.js"></script></head>'
+        f"<body><main>{body}</main></body></html>"
+    )
+    return root
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (see tools/check_html.py)")
+def test_check_html_reports_a_display_equation_wider_than_its_column(tmp_path, built):
+    wide = " + ".join(f"x_{{{i}}}^{{2}}" for i in range(40))
+    root = _page_with(tmp_path, built, [wide, r"a \\ b"])
+    result = subprocess.run([PYTHON, str(ROOT / "tools" / "check_html.py"), str(root), "--screenshots",
+                             str(tmp_path / "shots")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    problems = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(problems) == 1, problems
+    assert re.search(r"page\.html: equation wider than the column, \d+ px in 40\d px, in the text: .*x_\{0\}", problems[0])
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (see tools/check_html.py)")
+def test_check_html_accepts_the_same_equation_broken_over_aligned_lines(tmp_path, built):
+    lines = r" \\ ".join("&+ " + " + ".join(f"x_{{{i}}}^{{2}}" for i in range(j, j + 8)) for j in range(0, 40, 8))
+    root = _page_with(tmp_path, built, [rf"\begin{{aligned}} s {lines} \end{{aligned}}"])
+    result = subprocess.run([PYTHON, str(ROOT / "tools" / "check_html.py"), str(root), "--screenshots",
+                             str(tmp_path / "shots")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr

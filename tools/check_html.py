@@ -1,7 +1,9 @@
 """Open every page of the built book in headless Chromium with no network and check what a reader sees.
 
 Fails on: a MathJax error (``mjx-merror``), TeX delimiters left unrendered in the text (``\\(`` or ``\\[``), an
-image that did not load, an internal link whose file or anchor does not exist, a console error. Saves a
+image that did not load, an internal link whose file or anchor does not exist, a console error, a display equation
+wider than the text column at the desktop viewport (1300 px: ``_static/alignlecture.css`` makes such an equation
+scroll sideways, so its content is wider than its box; break it over ``\\begin{aligned}`` lines). Saves a
 full-page screenshot per page under ``_build/screenshots/`` for review (light theme; ``--dark`` adds dark ones).
 
 Usage: ``python tools/check_html.py [_build/html]`` (``make check-html`` builds the book first). Needs Debian's
@@ -38,6 +40,7 @@ ALLOWED_OFFLINE = ("cdnjs.cloudflare.com/ajax/libs/require.js", "@jupyter-widget
 # Runs in the page after load: waits for MathJax, then reports what a reader would see as broken.
 PAGE_REPORT = r"""
 const done = arguments[arguments.length - 1];
+const WIDE_TOLERANCE_PX = 2;
 const finish = () => {
   const errors = [...document.querySelectorAll('mjx-merror')].map(e => e.getAttribute('data-mjx-error') || e.textContent);
   const main = document.querySelector('main') || document.body;
@@ -50,7 +53,22 @@ const finish = () => {
   const links = [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'));
   const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
   const math = document.querySelectorAll('mjx-container').length;
-  done({errors, raw, images, links, ids, math, height: document.documentElement.scrollHeight,
+  // A display equation wider than its box: _static/alignlecture.css lets it scroll (overflow-x: auto), so its
+  // content width (scrollWidth) exceeds the width it is shown in (clientWidth). MathJax keeps each formula's TeX.
+  const wide = [];
+  const items = (typeof MathJax !== 'undefined' && MathJax.startup && MathJax.startup.document)
+    ? [...MathJax.startup.document.math] : [];
+  for (const item of items) {
+    const box = item.typesetRoot;
+    if (!item.display || !box || !box.isConnected || box.clientWidth === 0) continue;
+    if (box.scrollWidth > box.clientWidth + WIDE_TOLERANCE_PX) {
+      const cell = box.closest('.cell');
+      const cells = [...document.querySelectorAll('.cell')];
+      wide.push({tex: item.math.replace(/\s+/g, ' ').trim().slice(0, 90), width: box.scrollWidth, box: box.clientWidth,
+                 output: !!box.closest('.cell_output, .output'), cell: cell ? cells.indexOf(cell) : -1});
+    }
+  }
+  done({errors, raw, images, links, ids, math, wide, height: document.documentElement.scrollHeight,
         mathjax: typeof MathJax !== 'undefined' && !!MathJax.startup});
 };
 if (typeof MathJax !== 'undefined' && MathJax.startup && MathJax.startup.promise) {
@@ -92,6 +110,14 @@ def internal_link_problems(page: Path, root: Path, links: list[str], ids_by_page
             if unquote(url.fragment) not in ids_by_page[target]:
                 found.append(f"link to {href!r}: no element with id {url.fragment!r} on that page")
     return found
+
+
+def wide_problem(wide: dict) -> str:
+    """One display equation wider than the text column at the desktop viewport, and where to fix it."""
+    where = "a code cell's output (re-execute it with a shorter result)" if wide["output"] else (
+        "the text: break it over \\begin{aligned} lines")
+    cell = f" (code cell {wide['cell']} on the page)" if wide["cell"] >= 0 else ""
+    return f"equation wider than the column, {wide['width']} px in {wide['box']} px, in {where}{cell}: {wide['tex']}"
 
 
 def screenshot(drv, path: Path, height: int) -> None:
@@ -154,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         mine += [f"unrendered TeX: …{r}…" for r in rep["raw"]]
         mine += [f"image did not load: {src}" for src in rep["images"]]
         mine += [f"console error: {m}" for m in rep["console"]]
+        mine += [wide_problem(w) for w in rep["wide"]]
         mine += internal_link_problems(page, root, rep["links"], ids_by_page)
         if rep["math"] and not rep["mathjax"]:
             mine.append("formulas present but MathJax did not start")
