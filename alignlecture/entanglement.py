@@ -270,6 +270,7 @@ class RowGradients:
         return not _owners(module, list(params))[1]
 
     def __enter__(self):
+        self.calls, self._delta = {id(m): [] for m, _ in self.modules}, None  # a new forward, a new record
         for m, _ in self.modules:
             self._hooks.append(m.register_forward_hook(self._record))
         return self
@@ -303,6 +304,8 @@ class RowGradients:
             m = next(m for m, _ in self.modules if id(m) == i)
             if _is_rms_norm(m):
                 x = _rms_normalized(m, x)
+            wide = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 activations: sums in float32 at least
+            x, d = x.to(wide), d.to(wide)
             factors.setdefault(i, []).append((x.reshape(len(logps), -1, x.shape[-1]), d.reshape(len(logps), -1, d.shape[-1])))
         joined = {i: (torch.cat([a for a, _ in f], 1), torch.cat([b for _, b in f], 1)) for i, f in factors.items()}
         self._delta = (logps, joined)
