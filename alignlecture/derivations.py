@@ -247,10 +247,12 @@ class Derivation:
         return self.step(expected, reason, proof, relation=relation)
 
     def _repr_latex_(self) -> str:
+        """Aligned rows: each step's expression (a long sum broken after a term), its reason on the row below."""
         lhs = self.lhs if isinstance(self.lhs, str) else sp.latex(self.lhs) if self.lhs is not None else ""
-        rows = [f"{lhs} &= {sp.latex(self.steps[0].expr)}"]
+        rows = [f"{lhs} &= " + " \\\\\n&\\quad ".join(_latex_lines(self.steps[0].expr))]
         for st in self.steps[1:]:
-            rows.append(f"&{RELATIONS[st.relation][0]} {sp.latex(st.expr)} && {_reason_latex(st.reason)}")
+            rows.append(f"&{RELATIONS[st.relation][0]} " + " \\\\\n&\\quad ".join(_latex_lines(st.expr)))
+            rows.append(f"&\\qquad {_reason_latex(st.reason)}")
         body = " \\\\\n".join(rows)
         return f"$$\\begin{{aligned}}\n{body}\n\\end{{aligned}}$$"
 
@@ -276,6 +278,26 @@ def _relation_proves(proof, gap: sp.Expr, strict: bool, relation: str) -> bool:
     if strict and not proof_strict:
         return False
     return _is_zero(g - gap) and _sign_is(g, proof_strict)
+
+
+LINE_CHARS = 90  # LaTeX source characters per displayed line: about the width of the book's text column
+
+
+def _latex_lines(expr: sp.Expr) -> list[str]:
+    """``expr`` as LaTeX lines: a sum too long for one line is split between its terms (each line ≤ LINE_CHARS
+    where a term allows); anything else stays on one line."""
+    whole = sp.latex(expr)
+    if len(whole) <= LINE_CHARS or not isinstance(expr, sp.Add):
+        return [whole]
+    lines: list[str] = []
+    for term in expr.as_ordered_terms():
+        text = sp.latex(term)
+        joined = text if text.startswith("-") or not lines else "+ " + text
+        if lines and len(lines[-1]) + len(joined) + 1 <= LINE_CHARS:
+            lines[-1] += " " + joined
+        else:
+            lines.append(joined)
+    return lines
 
 
 def _latex_text(text: str) -> str:

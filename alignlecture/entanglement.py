@@ -324,8 +324,8 @@ class RowGradients:
         factors = self._factors(logps)
         gram = torch.zeros(len(logps), len(logps), dtype=DTYPE)
         for p in self.params:
-            g = self._per_row(p, factors).reshape(len(logps), -1)
-            gram += (g @ g.T).double()
+            g = self._per_row(p, factors).reshape(len(logps), -1).double()  # float32 sums of 10⁶ terms drift
+            gram += g @ g.T
         return gram
 
     def square_norms(self, logps: torch.Tensor) -> torch.Tensor:
@@ -337,9 +337,9 @@ class RowGradients:
             m, kind, name = self.owner[id(p)]
             x, d = factors[id(m)]
             if kind == "linear" and name == "weight" and x.shape[1] * (x.shape[2] + d.shape[2]) < x.shape[2] * d.shape[2]:
-                out += ((x @ x.transpose(1, 2)) * (d @ d.transpose(1, 2))).sum((1, 2)).double()
+                out += ((x @ x.transpose(1, 2)).double() * (d @ d.transpose(1, 2)).double()).sum((1, 2))
             else:
-                out += self._per_row(p, factors).reshape(len(logps), -1).pow(2).sum(1).double()
+                out += self._per_row(p, factors).reshape(len(logps), -1).double().pow(2).sum(1)
         return out
 
     def combine(self, alpha: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:

@@ -305,8 +305,8 @@ def test_math_in_a_reason_is_rendered_as_math_and_prose_as_text():
     d = Derivation("telescope", sp.log(a * b)).step(sp.log(a) + sp.log(b), r"telescoping: $\sum_t \log\pi_t$ (log rules)",
                                                     proof=log_rules)
     latex = d._repr_latex_()
-    assert r"&& \text{telescoping: } \sum_t \log\pi_t \text{ (log rules)}" in latex
-    assert r"\$" not in latex and "\\_" not in latex.split("&&")[1]
+    assert r"&\qquad \text{telescoping: } \sum_t \log\pi_t \text{ (log rules)}" in latex
+    assert r"\$" not in latex and "\\_" not in latex.split(r"&\qquad")[1]
 
 
 def test_a_reason_with_an_unmatched_dollar_is_refused_when_the_step_is_added():
@@ -314,3 +314,17 @@ def test_a_reason_with_an_unmatched_dollar_is_refused_when_the_step_is_added():
     with pytest.raises(ValueError, match=r"reason 'costs \$5' has an unmatched \$: write each formula as \$…\$"):
         d.step(a, "costs $5")
     assert len(d.steps) == 1  # nothing was added
+
+
+def test_a_long_sum_is_broken_between_terms_and_each_reason_gets_its_own_row():
+    from alignlecture.derivations import LINE_CHARS
+
+    x = sp.Symbol("x")
+    terms = sum(sp.Symbol(f"a_{i}") * sp.sqrt(x + i) for i in range(12))
+    latex = Derivation("long", terms).step(sp.expand(terms), "expand")._repr_latex_()
+    rows = latex.split("\\begin{aligned}\n")[1].split("\n\\end{aligned}")[0].split(" \\\\\n")
+    assert len(rows) == 7  # 3 lines per copy of the sum, and the reason's row
+    assert all(len(r) <= LINE_CHARS + 10 for r in rows)
+    assert rows[-1] == "&\\qquad \\text{expand}"
+    joined = "".join(r.replace("&\\quad", "").replace("&=", "") for r in rows[:3])
+    assert sp.parse_expr is not None and joined.count("\\sqrt") == 12  # no term lost
