@@ -37,7 +37,8 @@ def dpo_loss(
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair DPO losses and the implicit rewards β(log π − log π_ref) of chosen and rejected, each [batch].
+    """Per-pair DPO loss −log σ(β[log π(y_w)/π_ref(y_w) − log π(y_l)/π_ref(y_l)]) (lecture §DPO, policy learning)
+    or a variant below, and the implicit rewards β(log π − log π_ref) of chosen and rejected, each [batch].
 
     With h = (log π_w − log π_ref,w) − (log π_l − log π_ref,l) and ε = label_smoothing:
       sigmoid  −(1−ε)·log σ(βh) − ε·log σ(−βh)        DPO (Rafailov et al. 2023); ε > 0 is cDPO
