@@ -120,11 +120,10 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
 @torch.no_grad()
 def sequence_features(policy, prompts: Sequence[str], completions: Sequence[str], *, chat: bool = True,
                       layer: int | None = None, batch_size: int = 16) -> torch.Tensor:
-    """A frozen model's hidden states at ``layer`` (default: the middle one) averaged over the response tokens.
+    """A frozen model's hidden states at ``layer`` (default: the middle one) averaged over the response tokens,
+    Tensor [n, hidden] (float32).
 
-    Middle layers carry more of the text's content than the last one, which is shaped for predicting the
-    next token; on the course's sentiment data they gave a clearly better reward model (chapter 2).
-    Returns Tensor [n, hidden] (float32).
+    The middle layer is a common choice for frozen-feature probes; chapter 2 uses it and does not compare layers.
     """
     from .logprobs import encode_pairs, position_ids_from_mask
 
