@@ -75,9 +75,10 @@ def _weights(sampler: str, logits: torch.Tensor, p: torch.Tensor, s: torch.Tenso
 
 
 def pair_weights(logits: torch.Tensor, p: torch.Tensor, beta: float, sampler: str) -> torch.Tensor:
-    """The sampler's pair distribution W [K, K] at the current logits (sums to 1; held fixed for the step).
+    """The sampler's pair distribution W_ij ∝ 1 (uniform), π_θ(i)π_θ(j) (on-policy), 1/(p_ij(1 − p_ij)) (mix-r)
+    or 1/(σ(βΔ_ij)σ(−βΔ_ij)) (mix-p), Tensor [K, K] normalised to sum 1.
 
-    uniform 1/K² · on-policy π_θ(i)π_θ(j) · mix-r ∝ 1/(p_ij(1 − p_ij)) · mix-p ∝ 1/(σ(βΔ_ij)σ(−βΔ_ij)).
+    Δ_ij = log π_θ(i) − log π_θ(j) at the current logits; W is held fixed for the gradient step.
     """
     w = _weights(sampler, logits, p, torch.sigmoid(beta * (logits[:, None] - logits[None, :])))
     return w / w.sum()
