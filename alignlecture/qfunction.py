@@ -153,10 +153,11 @@ def q_prime_table(pi: TabularPolicy, pi_ref: TabularPolicy, beta: float, v_root:
 def q_prime(
     pi: TabularPolicy, pi_ref: TabularPolicy, beta: float, v_root: float, response: Sequence[int] | torch.Tensor
 ) -> torch.Tensor:
-    """Q′ along one response by the lecture's recursion, step by step, Tensor [number of actions].
+    """Q′ by the lecture's recursion Q′(y_t∣x, y_<t) = Q′(y_{t−1}∣x, y_<t−1) + β log π(y_t∣x, y_<t)/π_ref(y_{t−1}∣x,
+    y_<t−1) from Q′(y_1∣x) = V*(x) + β log π(y_1∣x) (lecture §RLHF in max-entropy RL, where Q′ is defined).
 
-    Q′_1 = V*(x) + β log π(y_1|x)
-    Q′_t = Q′_{t−1} + β log π(y_t|x, y_<t) − β log π_ref(y_{t−1}|x, y_<t−1)
+    Computed step by step along the response (eos included), Tensor [number of actions]; π_ref(y_0∣x) := 1, the
+    slide's "/1" in the first step.
     """
     beta = check_beta(beta)
     w = pi.world
