@@ -58,6 +58,9 @@ RECIPES: dict[str, Recipe] = {
         Recipe("smollm2-positivity-beta0.2", "smollm2-positivity trained at β = 0.2 instead of 0.1 (chapter 3 "
                "compares it with β adjustment by logit mixing)", gold="positivity",
                dpo={**DPO_DEFAULTS, "beta": 0.2}),
+        Recipe("smollm2-positivity-normalized", "smollm2-positivity trained by pairwise-normalized descent instead "
+               "of the plain DPO gradient (chapter 4 compares the two runs)", gold="positivity",
+               dpo={**DPO_DEFAULTS, "pairwise_normalized": True}),
     )
 }
 
