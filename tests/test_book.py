@@ -436,41 +436,28 @@ def test_built_pages_declare_each_inline_script_once(built):
 API_ROLE = re.compile(r"\{py:\w+\}`(?:[^`<]*<)?~?([\w.]+?)(?:\(\))?>?`")
 
 
+def _used_in():
+    """book/_ext/used_in.py, the extension that reads notebooks' imports (one reader for the build and the tests)."""
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import used_in
+
+    return used_in
+
+
 def _aliases(nb) -> dict[str, str]:
     """Every name a notebook's code cells bind to a package object: ``{"bon": "alignlecture.bon", ...}``."""
     import ast
 
     names: dict[str, str] = {}
     for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        for node in ast.walk(ast.parse(cell.source)):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("alignlecture"):
-                for a in node.names:
-                    names[a.asname or a.name] = f"{node.module}.{a.name}"
-            elif isinstance(node, ast.Import):
-                for a in node.names:
-                    if a.name.startswith("alignlecture"):
-                        names[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        if cell.cell_type == "code":
+            _used_in().import_aliases(ast.parse(cell.source), names)
     return names
 
 
 def _canonical(dotted: str) -> str:
     """The name autodoc documents ``dotted`` under: its defining module and qualified name."""
-    import importlib
-
-    parts = dotted.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for attr in parts[i:]:
-            obj = vars(obj).get(attr, getattr(obj, attr, None)) if isinstance(obj, type) else getattr(obj, attr)
-        target = getattr(obj, "fget", obj)  # a property documents under the class attribute's name
-        module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
-        return f"{module}.{qualname}" if module and qualname else dotted
-    raise ImportError(dotted)
+    return _used_in().qualified_name(dotted)
 
 
 def _shown_objects(nb) -> list[str]:

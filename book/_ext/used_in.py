@@ -65,6 +65,29 @@ def _dotted(node) -> str | None:
     return None
 
 
+def import_aliases(tree: ast.AST, aliases: dict[str, str] | None = None) -> dict[str, str]:
+    """The names a cell's imports bind to package objects, added to ``aliases``: ``{"ge": "alignlecture.entanglement"}``."""
+    aliases = {} if aliases is None else aliases
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("alignlecture"):
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("alignlecture"):
+                    aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+    return aliases
+
+
+def qualified_name(dotted: str) -> str:
+    """The name autodoc documents ``dotted`` under (defining module + qualified name); ImportError if it names nothing."""
+    obj = _resolve(dotted)
+    if obj is None:
+        raise ImportError(f"{dotted} names no package object")
+    key = _key(obj)
+    return ".".join(key) if key else dotted
+
+
 def _code(source: str) -> ast.Module:
     lines = ["" if re.match(r"\s*[%!]", line) else line for line in source.splitlines()]  # IPython magics
     try:
@@ -94,14 +117,7 @@ def notebook_uses(path: Path) -> dict[tuple[str, str], str | None]:
             continue
         tree = _code(text)
         trees.append((tree, label))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("alignlecture"):
-                for a in node.names:
-                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
-            elif isinstance(node, ast.Import):
-                for a in node.names:
-                    if a.name.startswith("alignlecture"):
-                        aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        import_aliases(tree, aliases)
 
     uses: dict[tuple[str, str], str | None] = {}
     attrs: set[str] = set()
