@@ -11,6 +11,7 @@ gives per-pair gradients over the top k blocks of a Llama-family LM, one forward
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -299,10 +300,11 @@ class RowGradients:
                                  "per-row gradients need every trainable layer to keep the batch dimension first")
         grads = torch.autograd.grad(logps.sum(), [o for _, _, o in outputs], retain_graph=True, allow_unused=True)
         factors: dict[int, list] = {}
+        kinds = {id(m): (m, kind) for m, kind in self.modules}
         for (i, x, out), d in zip(outputs, grads):
             d = torch.zeros_like(out) if d is None else d.detach()
-            m = next(m for m, _ in self.modules if id(m) == i)
-            if _is_rms_norm(m):
+            m, kind = kinds[i]
+            if kind == "norm":
                 x = _rms_normalized(m, x)
             wide = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 activations: sums in float32 at least
             x, d = x.to(wide), d.to(wide)
@@ -354,6 +356,21 @@ class RowGradients:
             weighted = {id(m): (x, d * alpha.to(d.dtype)[:, None, None])}
             parts.append(self._per_row(p, weighted).sum(0).reshape(-1))
         return torch.cat(parts)
+
+
+@contextmanager
+def _only_trainable(model: torch.nn.Module, params):
+    """Only ``params`` require grad while the block runs; the model's own flags are restored after."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
 
 
 def _gram64(g: torch.Tensor, *, diagonal: bool = False, chunk: int = 1 << 12) -> torch.Tensor:
@@ -465,30 +482,12 @@ class PairGradients:
         rows = torch.tensor([index[tuple(self.rows[i])] for j in pairs for i in (j, j + self.n)]).reshape(-1, 2)
         return first, rows[:, 0], rows[:, 1]
 
-    def _trainable_only(self):
-        """Context: only ``params`` require grad while it lasts (the model's own flags are restored after)."""
-        from contextlib import contextmanager
-
-        @contextmanager
-        def scope():
-            flags = {p: p.requires_grad for p in self.policy.model.parameters()}
-            try:
-                for p in flags:
-                    p.requires_grad_(False)
-                for p in self.params:
-                    p.requires_grad_(True)
-                yield
-            finally:
-                for p, flag in flags.items():
-                    p.requires_grad_(flag)
-        return scope()
-
     def distinct_gradients(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(G [m, D], log π [m]) of the m distinct responses in ``pairs``, and each pair's chosen and rejected
         row of G (LongTensors [k]) — one forward+backward per distinct response (the reference path)."""
         first, w, l = self._distinct(pairs)
         grads, logps = [], []
-        with self._trainable_only():
+        with _only_trainable(self.policy.model, self.params):
             for i in first:
                 lp = self._row(i)
                 grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(lp, self.params)]))
@@ -498,14 +497,12 @@ class PairGradients:
     def row_gradients(self, pairs) -> tuple[RowGradients, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The distinct responses of ``pairs`` in ONE batched forward: (their :class:`RowGradients`, log π [m] with
         gradient, each pair's chosen and rejected position [k]) — Gram matrix and steps without per-row passes."""
-        from .logprobs import logprobs_from_hidden, pad_rows
+        from .logprobs import logprobs_from_hidden, pad_rows, pad_states
 
         first, w, l = self._distinct(pairs)
         batch = pad_rows([self.rows[i] for i in first], [self.masks[i] for i in first], self.policy.tokenizer.pad_token_id)
-        hidden = torch.zeros(len(first), batch["input_ids"].shape[1], self.hidden[0].shape[-1], dtype=self.hidden[0].dtype)
-        for j, i in enumerate(first):
-            hidden[j, : len(self.rows[i])] = self.hidden[i]
-        with self._trainable_only(), RowGradients(self.top, self.params) as rows:
+        hidden = pad_states([self.hidden[i] for i in first], batch["input_ids"].shape[1])
+        with _only_trainable(self.policy.model, self.params), RowGradients(self.top, self.params) as rows:
             final = self.top(hidden, batch["attention_mask"])
             logps = logprobs_from_hidden(final, self.policy.model.lm_head, batch["input_ids"],
                                          batch["completion_mask"]).per_sequence

@@ -31,12 +31,14 @@ import torch
 
 from . import checkpoint as ckpt
 from .dpo import check_dpo_args, dpo_loss, dpo_metrics
+from .entanglement import RowGradients
 from .logprobs import (
     check_masks,
     completion_logprobs,
     logprobs_from_hidden,
     logprobs_from_logits,
     pad_rows,
+    pad_states,
     position_ids_from_mask,
     tokenize_pairs,
 )
@@ -349,13 +351,6 @@ class DPOTrainer:
             p.requires_grad_(True)
         return model
 
-    def _row_gradients(self, module, params):
-        """Hooks that give every row's gradient norm from the batch's own backward (chapter 4), when every
-        trainable parameter is a linear or RMSNorm weight (top blocks, LoRA); None otherwise."""
-        from .entanglement import RowGradients
-
-        return RowGradients(module, params) if RowGradients.supports(module, params) else None
-
     def _pairwise_normalized(self, module, rows, logps, ref, params, device, row_gradients=None) -> torch.Tensor:
         """A loss whose gradient is minus the pairwise-normalized step (chapter 4): each row's gradient norm —
         from the batch's hooks (one extra backward to the layer outputs) or else one forward+backward per row —
@@ -374,10 +369,7 @@ class DPOTrainer:
         """Summed policy log-probs of ``rows``, with gradient."""
         b = self._batch(rows, device)
         if self.config.trainable_layers:
-            width = b["input_ids"].shape[1]
-            hidden = torch.zeros(len(rows), width, self.cache[rows[0]].shape[-1], dtype=self.cache[rows[0]].dtype)
-            for j, i in enumerate(rows):
-                hidden[j, : self.cache[i].shape[0]] = self.cache[i]
+            hidden = pad_states([self.cache[i] for i in rows], b["input_ids"].shape[1])
             final = module(hidden.to(device), b["attention_mask"])
             lp = logprobs_from_hidden(final, self.policy.model.lm_head, b["input_ids"], b["completion_mask"])
         else:
@@ -445,6 +437,10 @@ class DPOTrainer:
         n = self.num_pairs
         sums, logged = [], []
         module.eval() if cfg.disable_dropout else module.train()  # no dropout: a run is a function of config + seed
+        inner = accelerator.unwrap_model(module)  # per-row work bypasses the data-parallel wrapper
+        # pairwise-normalized: every row's gradient norm from the batch's own backward when the trainable
+        # parameters are linear or RMSNorm weights (top blocks, LoRA), else one pass per row
+        one_pass_norms = cfg.pairwise_normalized and RowGradients.supports(inner, params)
         for micro_index, pair_idx in enumerate(loader):
             if micro_index < step * micro_per_step:
                 continue  # resumed: these micro-batches were trained before the checkpoint
@@ -456,8 +452,7 @@ class DPOTrainer:
             with accelerator.accumulate(module):
                 rows = list(pair_idx) + [i + n for i in pair_idx]
                 k = len(pair_idx)
-                inner = accelerator.unwrap_model(module)  # per-row work bypasses the data-parallel wrapper
-                hooks = self._row_gradients(inner, params) if cfg.pairwise_normalized else None
+                hooks = RowGradients(inner, params) if one_pass_norms else None
                 with hooks or contextlib.nullcontext():
                     logps = self._logps(module, rows, device)
                 ref, lengths = self.ref_logps[rows].to(device), self.lengths[rows].to(device)

@@ -41,7 +41,7 @@ from _timing import best_of  # noqa: E402
 
 from alignlecture import entanglement as ge  # noqa: E402
 from alignlecture.dpo import dpo_loss  # noqa: E402
-from alignlecture.logprobs import logprobs_from_hidden, pad_rows  # noqa: E402
+from alignlecture.logprobs import logprobs_from_hidden, pad_rows, pad_states  # noqa: E402
 from alignlecture.models import load_policy  # noqa: E402
 from alignlecture.prompts import prompt_set  # noqa: E402
 
@@ -60,9 +60,7 @@ def main(repeats: int) -> None:
     pg = ge.PairGradients(policy, prompts, chosen, rejected, top_k=2)
     rows = list(range(2 * PAIRS))
     batch = pad_rows([pg.rows[i] for i in rows], [pg.masks[i] for i in rows], policy.tokenizer.pad_token_id)
-    hidden = torch.zeros(len(rows), batch["input_ids"].shape[1], pg.hidden[0].shape[-1])
-    for i in rows:
-        hidden[i, : pg.hidden[i].shape[0]] = pg.hidden[i]
+    hidden = pad_states([pg.hidden[i] for i in rows], batch["input_ids"].shape[1])
     ref_w, ref_l = pg.logps(range(PAIRS))
     for p in policy.model.parameters():
         p.requires_grad_(False)

@@ -348,3 +348,13 @@ def test_sequence_logprobs_many_falls_back_when_embeddings_differ_and_refuses_ot
     b.format_prompt = lambda prompt, chat=True: "question: " + prompt  # another prompt format
     with pytest.raises(ValueError, match="tokenises the pairs differently"):
         sequence_logprobs_many([a, b], ["describe the weather"], ["rain"], chat=False)
+
+
+def test_pad_states_right_pads_each_row_with_zeros():
+    from alignlecture.logprobs import pad_states
+
+    a, b = torch.ones(2, 3), 2 * torch.ones(4, 3)
+    out = pad_states([a, b], 5)
+    assert out.shape == (2, 5, 3) and out.dtype == a.dtype
+    assert torch.equal(out[0, :2], a) and torch.equal(out[0, 2:], torch.zeros(3, 3))
+    assert torch.equal(out[1, :4], b) and torch.equal(out[1, 4:], torch.zeros(1, 3))
