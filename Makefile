@@ -2,7 +2,7 @@
 #   make book   set up .venv if needed, build the HTML book into _build/html
 #   make test   set up .venv if needed, unit tests + strict pytest --nbval on every notebook
 # Also: make check-html (every page in headless Chromium, offline), make notebooks (re-execute and store
-# outputs), make bench, make gpu-check, make clean.
+# outputs), make check-portable (fresh cache, other thread count, strict nbval), make bench, make gpu-check, make clean.
 
 PYTHON ?= python3
 # On this course's machines `torch==2.13.0` is a CPU build from local disk; elsewhere pick your build.
@@ -17,7 +17,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 RUN_ENV := ALIGNLECTURE_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ALIGNLECTURE_PROFILE=cpu \
 	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
 
-.PHONY: book check-html test unit nbval notebooks bench gpu-check setup clean
+.PHONY: book check-html test unit nbval notebooks sync-notebooks check-portable bench gpu-check setup clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,17 @@ nbval: $(STAMP)
 	$(RUN_ENV) $(PY) tools/check_notebooks.py $(NOTEBOOKS)
 	$(RUN_ENV) $(PY) -m pytest --nbval $(NOTEBOOKS) --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900 -q -p no:cacheprovider
+
+# What a reader's new machine re-creates: an empty cache (model converted, zoo trained, samples drawn anew) and
+# one torch thread (stored outputs are written with every core), then strict nbval. Run it before merging a
+# change to a chapter, the zoo or the trainer.
+check-portable: $(STAMP)
+	$(RUN_ENV) $(PY) tools/check_notebooks.py $(NOTEBOOKS)
+	$(RUN_ENV) $(PY) tools/check_portable.py $(NOTEBOOKS)
+
+# The install cell and the Colab metadata only (no re-execution; neither changes an output).
+sync-notebooks: $(STAMP)
+	$(PY) tools/execute_notebooks.py --sync-only $(NOTEBOOKS)
 
 notebooks: $(STAMP)
 	$(RUN_ENV) $(PY) tools/execute_notebooks.py $(NOTEBOOKS)

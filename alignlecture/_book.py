@@ -33,25 +33,65 @@ def repository_branch(config: Path = ROOT / "_config.yml") -> str:
 
 
 def install_cell(url: str | None = None, version: str = __version__, branch: str | None = None) -> str:
-    """Source of the first code cell: on Colab, installs the package from the same repository and branch the
-    Colab button opened the notebook from, and checks it is the version this page was built with."""
+    """Source of the first code cell: on Colab, installs the package version this page was built with.
+
+    It installs the git tag ``v{version}`` and falls back to ``branch`` (the branch the Colab button opens) only
+    while that tag is not published; either way it prints, in one line, the version and the ref it installed,
+    and stops if the installed version is not the page's.
+    """
     url = url or repository_url()
     branch = branch or repository_branch()
     return (
-        "# Colab only: install the course package from the branch this notebook was opened from.\n"
+        f"# Colab only: install alignlecture {version}, the version this page was built with (git tag v{version};\n"
+        f"# the branch {branch} while that tag is not published yet).\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
         "    import subprocess\n"
         "\n"
-        f'    PACKAGE = "alignlecture @ git+{url}@{branch}"\n'
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)\n'
+        f'    VERSION, REPO = "{version}", "git+{url}"\n'
+        f'    for ref in (f"v{{VERSION}}", "{branch}"):\n'
+        '        pip = [sys.executable, "-m", "pip", "install", "-q", f"alignlecture @ {REPO}@{ref}"]\n'
+        "        if subprocess.run(pip).returncode == 0:\n"
+        "            break\n"
+        "    else:\n"
+        '        raise RuntimeError(f"could not install alignlecture from {REPO}: is the runtime online?")\n'
         "    import alignlecture\n"
         "\n"
-        f'    assert alignlecture.__version__ == "{version}", (\n'
-        f'        f"this page was built with alignlecture {version}; got {{alignlecture.__version__}}"\n'
-        "    )"
+        '    print(f"installed alignlecture {alignlecture.__version__} from {ref}; this page is {VERSION}")\n'
+        '    assert alignlecture.__version__ == VERSION, "the installed package is not this page\'s version"'
     )
+
+
+# What Colab reads from a notebook's top-level metadata to open it on a GPU runtime (a free T4).
+COLAB_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4"}}
+
+
+def colab_metadata_problems(metadata: dict) -> list[str]:
+    """What a notebook's metadata lacks for Colab to open it on a GPU runtime ([] when nothing)."""
+    found = []
+    if metadata.get("accelerator") != "GPU":
+        found.append('metadata.accelerator is not "GPU" (Colab would open a CPU runtime)')
+    if (metadata.get("colab") or {}).get("gpuType") != "T4":
+        found.append('metadata.colab.gpuType is not "T4" (the free Colab GPU the course is sized for)')
+    return found
+
+
+def glue(name: str, value, display: bool = True):
+    """myst-nb's ``glue`` where the book toolchain is installed; elsewhere (Colab) the value is only shown.
+
+    The book pastes glued values into its prose; a notebook run outside the book has no prose to paste into,
+    so there the value is displayed (when ``display``) exactly as ``glue`` would display it.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        if display:
+            from IPython.display import display as show
+
+            show(value)
+        return None
+    return myst_glue(name, value, display=display)
 
 
 def source(obj) -> str:

@@ -78,13 +78,16 @@ def test_first_code_cell_is_the_generated_install_cell(path):
     assert _code_cells(path)[0].source == install_cell()
 
 
-def test_install_cell_installs_the_configured_branch_and_checks_this_version():
+def test_install_cell_installs_this_version_and_says_so():
     repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
     url, branch = repo["url"].rstrip("/"), repo["branch"]
+    version = alignlecture.__version__
     cell = install_cell()
-    assert re.search(r"git\+https://github\.com/[\w-]+/[\w-]+@[\w./-]+\"", cell)
-    assert f'"alignlecture @ git+{url}@{branch}"' in cell
-    assert f'alignlecture.__version__ == "{alignlecture.__version__}"' in cell
+    compile(cell, "install cell", "exec")
+    assert f'VERSION, REPO = "{version}", "git+{url}"' in cell
+    assert f'for ref in (f"v{{VERSION}}", "{branch}"):' in cell  # the tag of this version first, the branch after
+    assert "alignlecture.__version__ == VERSION" in cell
+    assert 'print(f"installed alignlecture {alignlecture.__version__} from {ref}' in cell
     assert 'if "google.colab" in sys.modules:' in cell
     assert max(map(len, cell.splitlines())) <= 100  # fits the page's code column
 
@@ -123,7 +126,7 @@ def _inject_error(code):
 
 
 def _change_first_cell(code):
-    code[0].source = code[0].source.replace("alignlecture @ git+", "alignlecture @ git+OLD", 1)
+    code[0].source = code[0].source.replace('VERSION, REPO = "', 'VERSION, REPO = "0.0.', 1)
     assert code[0].source != install_cell()
 
 
@@ -144,6 +147,32 @@ def test_check_notebooks_reports_a_broken_notebook(tmp_path, break_it, message):
     result = _check(_broken_copy(tmp_path, break_it))
     assert result.returncode == 1
     assert re.search(message, result.stderr), result.stderr
+
+
+def test_check_notebooks_reports_a_notebook_colab_would_open_on_a_cpu(tmp_path):
+    nb = _read(NOTEBOOKS[-1])
+    del nb.metadata["accelerator"]
+    nb.metadata["colab"].pop("gpuType")
+    out = tmp_path / NOTEBOOKS[-1].name
+    nbformat.write(nb, out)
+    result = _check(out)
+    assert result.returncode == 1
+    assert "metadata.accelerator is not \"GPU\"" in result.stderr
+    assert "metadata.colab.gpuType is not \"T4\"" in result.stderr
+
+
+def test_glue_without_the_book_toolchain_still_shows_the_value(monkeypatch):
+    """On Colab (no myst_nb) a chapter's glue displays the number instead of failing at import."""
+    import IPython.display
+
+    from alignlecture._book import glue
+
+    shown = []
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # `from myst_nb import …` now raises ImportError
+    monkeypatch.setattr(IPython.display, "display", lambda value: shown.append(value))
+    glue("gain", "0.12")
+    glue("hidden", "3", display=False)
+    assert shown == ["0.12"]
 
 
 def test_check_notebooks_accepts_an_unbroken_copy(tmp_path):

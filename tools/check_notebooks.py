@@ -1,6 +1,6 @@
 """Static checks on the stored notebooks before a build or nbval run.
 
-Every notebook must: start with the generated Colab install cell, have every code cell executed, hold no
+Every notebook must: start with the generated Colab install cell, ask Colab for a GPU runtime in its metadata, have every code cell executed, hold no
 error output, give every figure alt text, and state no measured number in its prose. (That the stored outputs are what the code produces
 now is nbval's job.)
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from alignlecture._book import install_cell  # noqa: E402
+from alignlecture._book import colab_metadata_problems, install_cell  # noqa: E402
 
 
 # What is not prose: fenced blocks, math, code spans, roles ({glue:text}`x`, {cite}`k`), link targets,
@@ -74,7 +74,8 @@ def problems(path: Path) -> list[str]:
     code = [c for c in nb.cells if c.cell_type == "code"]
     found = []
     if not code or code[0].source != install_cell():
-        found.append("first code cell is not the generated Colab install cell (run `make notebooks`)")
+        found.append("first code cell is not the generated Colab install cell (run `make sync-notebooks`)")
+    found += [f"{p} (run `make sync-notebooks`)" for p in colab_metadata_problems(nb.metadata)]
     allowed = nb.metadata.get("alignlecture", {}).get("allowed_numbers", [])
     for i, cell in enumerate(c for c in nb.cells if c.cell_type == "markdown"):
         numbers = measured_numbers(cell.source, allowed)
