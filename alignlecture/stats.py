@@ -95,3 +95,38 @@ def verdict(low: float, high: float, *, up: str = "rises", down: str = "falls", 
     if high < 0:
         return down
     return flat
+
+
+def signed(value: float, digits: int = 4) -> str:
+    """``value`` with an explicit sign at ``digits`` decimals, never ``-0.0000``.
+
+    A quantity that is zero in exact arithmetic (DPO's margin at step 1, where the policy is its reference)
+    comes out of floating point as ±1e-9 or so; its sign depends on the order of the reductions, which differs
+    between machines and thread counts. Rounding first and giving every zero a plus sign makes the printed text
+    the same wherever it is computed.
+    """
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"value must be a finite number; got {value!r}")
+    digits = int(digits)
+    if digits < 0:
+        raise ValueError(f"digits must be a non-negative number of decimals; got {digits!r}")
+    rounded = round(value, digits)
+    return f"{(rounded if rounded != 0 else 0.0):+.{digits}f}"
+
+
+def at_most(value: float, bound: float, what: str = "") -> str:
+    """'≤ bound ✓' when ``0 ≤ value ≤ bound``; raises AssertionError otherwise.
+
+    For a measured quantity whose exact digits vary between machines (an approximation error computed from
+    trained weights, say): the page states the bound it checked, not digits that another machine would not
+    re-create. ``bound`` is a fraction printed as a percentage when below 1 (0.01 → '≤ 1 %').
+    """
+    value, bound = float(value), float(bound)
+    if not math.isfinite(bound) or bound <= 0:
+        raise ValueError(f"bound must be a positive finite number; got {bound!r}")
+    if not math.isfinite(value) or not 0 <= value <= bound:
+        label = f" {what}" if what else ""
+        raise AssertionError(f"the measured{label} {value:.3g} is not within [0, {bound:g}]")
+    shown = f"{bound * 100:g} %" if bound < 1 else f"{bound:g}"
+    return f"≤ {shown} ✓"

@@ -80,3 +80,30 @@ def test_verdict_follows_the_interval_not_the_point_estimate():
     )
     with pytest.raises(ValueError, match="low ≤ high"):
         verdict(0.3, 0.1)
+
+
+def test_signed_never_prints_negative_zero():
+    from alignlecture.stats import signed
+
+    assert signed(-1e-9) == "+0.0000"
+    assert signed(-0.0) == "+0.0000"
+    assert signed(-0.00004, 4) == "+0.0000"
+    assert signed(-0.00006, 4) == "-0.0001"
+    assert signed(0.0329) == "+0.0329"
+    assert signed(1.5, 0) in ("+2", "+1")  # banker's rounding either way, but a sign
+    with pytest.raises(ValueError, match="finite"):
+        signed(float("nan"))
+
+
+def test_at_most_states_the_bound_it_checked():
+    from alignlecture.stats import at_most
+
+    assert at_most(0.003, 0.01) == "≤ 1 % ✓"
+    assert at_most(0.2, 0.5) == "≤ 50 % ✓"
+    assert at_most(3.0, 5) == "≤ 5 ✓"
+    with pytest.raises(AssertionError, match="not within"):
+        at_most(0.02, 0.01, "first-order error")
+    with pytest.raises(AssertionError):
+        at_most(float("nan"), 0.01)
+    with pytest.raises(ValueError, match="bound"):
+        at_most(0.1, 0)
