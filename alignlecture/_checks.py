@@ -125,8 +125,8 @@ def outcome_distribution(p, name: str = "probs", atol: float = 1e-6) -> torch.Te
 
 def per_outcome(values, like: torch.Tensor, name: str = "rewards", *, finite_only: bool = False) -> torch.Tensor:
     """One value per outcome of ``like`` (broadcasting allowed), never NaN (nor ±inf when ``finite_only``):
-    float64 with the shape of ``like``."""
-    v = torch.as_tensor(values, dtype=torch.float64)
+    float64 with the shape of ``like``, on its device."""
+    v = torch.as_tensor(values, dtype=torch.float64, device=like.device)
     try:
         shape = torch.broadcast_shapes(v.shape, like.shape)
     except RuntimeError:

@@ -52,7 +52,7 @@ def bon_distributions(probs: torch.Tensor, rewards: torch.Tensor, ns: Sequence[i
     if not ns:
         raise ValueError("ns is empty; give at least one n ≥ 1")
     p = _check_probs(probs)
-    n = torch.tensor(ns, dtype=torch.float64).view(-1, *([1] * p.dim()))  # [L, 1…]
+    n = torch.tensor(ns, dtype=torch.float64, device=p.device).view(-1, *([1] * p.dim()))  # [L, 1…]
     return _bon_from_levels(_tie_levels(p, _check_rewards(rewards, p)), n)
 
 
@@ -95,16 +95,19 @@ def sample_best_of_n(
     probs: torch.Tensor, rewards: torch.Tensor, n: int, trials: int, *, generator: torch.Generator
 ) -> torch.Tensor:
     """Best-of-n the slow way: ``trials`` times draw n outcomes from ``probs`` [K], keep the highest-reward one
-    (ties: uniformly among the tied draws). Returns the chosen outcomes' indices, long [trials]."""
+    (ties: uniformly among the tied draws). Returns the chosen outcomes' indices, long [trials], on probs' device.
+    """
     n, p = check_n(n), _check_probs(probs)
     r = _check_rewards(rewards, p)
     if p.dim() != 1:
         raise ValueError(f"sample_best_of_n takes one distribution [K]; got shape {tuple(p.shape)}")
     trials = positive_int(trials, "trials")
-    draws = torch.multinomial(p.expand(trials, -1), n, replacement=True, generator=generator)  # [trials, n]
-    is_best = r[draws] == r[draws].max(dim=1, keepdim=True).values
-    pick = torch.argmax(torch.rand(trials, n, generator=generator, dtype=torch.float64) * is_best, dim=1)
-    return draws[torch.arange(trials), pick]
+    at = generator.device  # drawn where the generator is: a CPU generator draws the same whatever probs' device
+    draws = torch.multinomial(p.to(at).expand(trials, -1), n, replacement=True, generator=generator)  # [trials, n]
+    drawn = r.to(at)[draws]
+    is_best = drawn == drawn.max(dim=1, keepdim=True).values
+    pick = torch.argmax(torch.rand(trials, n, generator=generator, dtype=torch.float64, device=at) * is_best, dim=1)
+    return draws[torch.arange(trials, device=at), pick].to(p.device)
 
 
 def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -188,7 +191,7 @@ def random_tilts_at_kl(
     max_tries = positive_int(20 * count if max_tries is None else max_tries, "max_tries")
     found = []
     for _ in range(max_tries):
-        g = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+        g = torch.randn(p.shape, generator=generator, dtype=torch.float64, device=generator.device).to(p.device)
         if kl < kl_ceiling(p, g):
             found.append(tilt_to_kl(p, g, kl))
             if len(found) == count:
@@ -265,7 +268,7 @@ def best_of_n(
     sampling.setdefault("batch_size", n * P)
     repeated = [p for p in prompts for _ in range(n)]  # prompt i fills rows i·n … i·n + n − 1
     gens = generate(policy, repeated, **sampling)
-    scores = torch.as_tensor(reward_fn(list(gens.texts)), dtype=torch.float64).reshape(-1)
+    scores = torch.as_tensor(reward_fn(list(gens.texts)), dtype=torch.float64, device="cpu").reshape(-1)
     if scores.numel() != n * P:
         raise ValueError(f"reward_fn returned {scores.numel()} scores for {n * P} texts; it must return one per text")
     if not bool(torch.isfinite(scores).all()):

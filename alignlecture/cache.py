@@ -45,10 +45,13 @@ def path(kind: str, key: dict) -> Path:
 
 
 def memo(kind: str, key: dict, compute: Callable[[], object]):
-    """``compute()``'s result for ``key``: loaded from the cache, or computed now and stored atomically."""
+    """``compute()``'s result for ``key``: loaded from the cache, or computed now and stored atomically.
+
+    Either way it comes back as stored, with its tensors on the CPU (whichever device computed them).
+    """
     target = path(kind, key)
     if target.is_file():
-        return torch.load(target, weights_only=False)["value"]
+        return _load(target)
     value = compute()
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".tmp", dir=target.parent)
@@ -59,7 +62,13 @@ def memo(kind: str, key: dict, compute: Callable[[], object]):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return value
+    return _load(target)  # what every later call returns: the stored value, its tensors on the CPU
+
+
+def _load(target: Path):
+    """A stored result with every tensor on the CPU, whichever device wrote it (a GPU run's cache loads anywhere);
+    a caller that computes on a device moves what it needs there."""
+    return torch.load(target, map_location="cpu", weights_only=False)["value"]
 
 
 @contextmanager

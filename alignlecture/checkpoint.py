@@ -189,14 +189,15 @@ def load(path: Path, trainer, module, opt, scheduler, fp: dict) -> tuple[int, li
                 raise ValueError(f"checkpoint {path} holds other trainable tensors than this run trains")
             for n, p in params.items():
                 p.copy_(saved[n].to(p.device))
-    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng_state.pth", weights_only=True)
+    # read onto the CPU whatever device wrote them: the optimizer moves its state to its parameters' devices
+    opt.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
+    rng = torch.load(path / "rng_state.pth", map_location="cpu", weights_only=True)
     return int(state["global_step"]), list(state["log_history"]), rng
 
 
 def set_rng(rng: dict) -> None:
     """Put torch's generators back where the checkpoint found them (right before the first resumed step)."""
     torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "cuda" in rng and torch.cuda.is_available():  # one state per GPU of the saving machine, as many as are here
+        torch.cuda.set_rng_state_all(rng["cuda"][: torch.cuda.device_count()])

@@ -117,14 +117,15 @@ def shared_features(world, kind: str) -> torch.Tensor | None:
         return None
     T, V = world.max_len, world.vocab_size
     blocks = {"position_bigram": (T, V), "bigram": (0, V), "unigram": (0, 1)}[kind]
-    a = torch.zeros(world.num_prefixes, V, (blocks[0] + blocks[1]) * V, dtype=DTYPE)
+    # written entry by entry, so on the CPU; moved to the world's device once at the end
+    a = torch.zeros(world.num_prefixes, V, (blocks[0] + blocks[1]) * V, dtype=DTYPE, device="cpu")
     for row, prefix in enumerate(world.prefixes()):
         last = (prefix[-1] if prefix else 0) if blocks[1] > 1 else 0
         for tok in range(V):
             if blocks[0]:
                 a[row, tok, len(prefix) * V + tok] = 1.0
             a[row, tok, (blocks[0] + last) * V + tok] = 1.0
-    return a.reshape(world.num_prefixes * V, -1)
+    return a.reshape(world.num_prefixes * V, -1).to(world.device)
 
 
 def dpo_weights(pi, pi_ref, chosen, rejected, beta: float) -> torch.Tensor:
@@ -184,15 +185,16 @@ def tabular_chosen_change(pi, chosen, rejected) -> torch.Tensor:
     """
     nodes_w, mask_w = _encoded(pi, chosen)
     nodes_l, mask_l = _encoded(pi, rejected)
-    probs, y_w, y_l = pi.log_table.exp(), chosen.long(), rejected.long()
-    k = shared_prefix_length(pi.world, chosen, rejected)
+    dev = pi.world.device
+    probs, y_w, y_l = pi.log_table.exp(), chosen.to(dev, torch.long), rejected.to(dev, torch.long)
+    k = shared_prefix_length(pi.world, chosen, rejected).to(dev)
     if bool((k >= pi.world.max_len).any()):
         raise ValueError("a pair has y_w = y_l; chosen and rejected must differ")
-    rows = torch.arange(len(k))
+    rows = torch.arange(len(k), device=dev)
     s = nodes_w[rows, k]
     part = 1 - probs[s, y_w[rows, k]] + probs[s, y_l[rows, k]]
     own = F.one_hot(y_w, pi.world.vocab_size).to(DTYPE) - probs[nodes_w]  # [M, T, V]
-    later = mask_w & (torch.arange(y_w.shape[1])[None, :] > k[:, None])
+    later = mask_w & (torch.arange(y_w.shape[1], device=dev)[None, :] > k[:, None])
     return part + ((own**2).sum(-1) * later).sum(1)
 
 
@@ -324,7 +326,7 @@ class RowGradients:
     def gram(self, logps: torch.Tensor) -> torch.Tensor:
         """⟨∇ log π_r, ∇ log π_s⟩ over the parameters, Tensor [R, R] float64 (one parameter at a time)."""
         factors = self._factors(logps)
-        gram = torch.zeros(len(logps), len(logps), dtype=DTYPE)
+        gram = torch.zeros(len(logps), len(logps), dtype=DTYPE, device=logps.device)
         for p in self.params:
             gram += _gram64(self._per_row(p, factors).reshape(len(logps), -1))
         return gram
@@ -333,7 +335,7 @@ class RowGradients:
         """‖∇ log π_r‖² per row, Tensor [R] float64; a linear weight's norm from token products when that is cheaper:
         ‖δ_rᵀ x_r‖² = Σ_{t,u} (x_t·x_u)(δ_t·δ_u)."""
         factors = self._factors(logps)
-        out = torch.zeros(len(logps), dtype=DTYPE)
+        out = torch.zeros(len(logps), dtype=DTYPE, device=logps.device)
         for p in self.params:
             m, kind, name = self.owner[id(p)]
             x, d = factors[id(m)]
@@ -376,7 +378,8 @@ def _only_trainable(model: torch.nn.Module, params):
 def _gram64(g: torch.Tensor, *, diagonal: bool = False, chunk: int = 1 << 12) -> torch.Tensor:
     """g gᵀ (or its diagonal) for g [R, N], float64: float32 products over chunks of N, summed in float64 (one
     float32 sum over 10⁶ terms drifts by ~1e-4; over 2¹² it stays near rounding)."""
-    out = torch.zeros(g.shape[0], dtype=DTYPE) if diagonal else torch.zeros(g.shape[0], g.shape[0], dtype=DTYPE)
+    shape = (g.shape[0],) if diagonal else (g.shape[0], g.shape[0])
+    out = torch.zeros(shape, dtype=DTYPE, device=g.device)
     for start in range(0, g.shape[1], chunk):
         part = g[:, start : start + chunk]
         out += (part.double() ** 2).sum(1) if diagonal else (part @ part.T).double()
@@ -437,7 +440,7 @@ class PairGradients:
     @torch.no_grad()
     def _cache(self, batch_size: int) -> list[torch.Tensor]:
         """Input of the first trainable block for every row, [S_i, hidden] each (frozen blocks run once)."""
-        from .logprobs import pad_rows, position_ids_from_mask
+        from .logprobs import position_ids_from_mask
 
         base, first = self.policy.model.model, {}
         for i, row in enumerate(self.rows):  # a response shared by several pairs runs once
@@ -446,17 +449,25 @@ class PairGradients:
         for start in range(0, len(distinct), batch_size):
             idx = distinct[start : start + batch_size]
             rows = [self.rows[i] for i in idx]
-            b = pad_rows(rows, [self.masks[i] for i in idx], self.policy.tokenizer.pad_token_id)
+            b = self._padded(idx)
             states = base(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                           position_ids=position_ids_from_mask(b["attention_mask"]), output_hidden_states=True)
             out.update({i: h[: len(r)].clone() for i, h, r in zip(idx, states.hidden_states[self.top.first], rows)})
         return [out[first[tuple(row)]] for row in self.rows]
 
+    def _padded(self, idx) -> dict[str, torch.Tensor]:
+        """Rows ``idx`` right-padded (``logprobs.pad_rows``), on the policy's device."""
+        from .logprobs import pad_rows
+
+        b = pad_rows([self.rows[i] for i in idx], [self.masks[i] for i in idx], self.policy.tokenizer.pad_token_id)
+        return {k: v.to(self.policy.device) for k, v in b.items()}
+
     def _row(self, i: int) -> torch.Tensor:
         """log π(row i) through the top blocks (differentiable in ``params``), Tensor []."""
         from .logprobs import logprobs_from_hidden
 
-        ids, mask = torch.tensor([self.rows[i]]), torch.tensor([self.masks[i]])
+        dev = self.hidden[i].device
+        ids, mask = torch.tensor([self.rows[i]], device=dev), torch.tensor([self.masks[i]], device=dev)
         final = self.top(self.hidden[i][None], torch.ones_like(ids))
         return logprobs_from_hidden(final, self.policy.model.lm_head, ids, mask).per_sequence[0]
 
@@ -479,7 +490,8 @@ class PairGradients:
             if tuple(self.rows[i]) not in index:
                 index[tuple(self.rows[i])] = len(first)
                 first.append(i)
-        rows = torch.tensor([index[tuple(self.rows[i])] for j in pairs for i in (j, j + self.n)]).reshape(-1, 2)
+        rows = torch.tensor([index[tuple(self.rows[i])] for j in pairs for i in (j, j + self.n)],
+                            device=self.policy.device).reshape(-1, 2)
         return first, rows[:, 0], rows[:, 1]
 
     def distinct_gradients(self, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -497,10 +509,10 @@ class PairGradients:
     def row_gradients(self, pairs) -> tuple[RowGradients, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The distinct responses of ``pairs`` in ONE batched forward: (their :class:`RowGradients`, log π [m] with
         gradient, each pair's chosen and rejected position [k]) — Gram matrix and steps without per-row passes."""
-        from .logprobs import logprobs_from_hidden, pad_rows, pad_states
+        from .logprobs import logprobs_from_hidden, pad_states
 
         first, w, l = self._distinct(pairs)
-        batch = pad_rows([self.rows[i] for i in first], [self.masks[i] for i in first], self.policy.tokenizer.pad_token_id)
+        batch = self._padded(first)
         hidden = pad_states([self.hidden[i] for i in first], batch["input_ids"].shape[1])
         with _only_trainable(self.policy.model, self.params), RowGradients(self.top, self.params) as rows:
             final = self.top(hidden, batch["attention_mask"])
@@ -540,9 +552,11 @@ def lm_step(pg: PairGradients, pairs, ref_chosen, ref_rejected, beta: float, lea
     rows, logps, w, l = pg.row_gradients(pairs)  # one batched forward; gradients per response on demand
     gram, lp = rows.gram(logps), logps.detach()  # [m, m], [m]
     before_w, before_l = lp[w].double(), lp[l].double()
+    ref_chosen, ref_rejected = (r.to(lp.device) if torch.is_tensor(r) else r for r in (ref_chosen, ref_rejected))
     c = beta * torch.sigmoid(beta * ((before_l - ref_rejected) - (before_w - ref_chosen)))  # c/η per pair
-    scale = nonzero_norms(gram.diagonal().sqrt(), "‖∇ log π(y|x)‖") if normalized else torch.ones(len(lp), dtype=DTYPE)
-    alpha = torch.zeros(len(lp), dtype=DTYPE).index_add_(0, w, c / scale[w]).index_add_(0, l, -c / scale[l])
+    ones = torch.ones(len(lp), dtype=DTYPE, device=lp.device)
+    scale = nonzero_norms(gram.diagonal().sqrt(), "‖∇ log π(y|x)‖") if normalized else ones
+    alpha = torch.zeros_like(ones).index_add_(0, w, c / scale[w]).index_add_(0, l, -c / scale[l])
     alpha = alpha * learning_rate / len(w)
     if step_norm is not None:
         alpha = alpha * positive_finite(step_norm, "step_norm") / (alpha @ gram @ alpha).sqrt()

@@ -90,26 +90,26 @@ def fit_gao(d, gold, form: str) -> GaoFit:
     dof = d.numel() - 2
     sigma2 = float(residuals @ residuals) / dof if dof > 0 else math.nan
     cov = sigma2 * torch.linalg.inv(X.T @ X)
-    peak, grad = _peak(form, alpha, beta)
+    peak, grad = _peak(form, alpha, beta, device=cov.device)
     peak_se = math.sqrt(float(grad @ cov @ grad)) if grad is not None else math.nan
     total = float(((gold - gold.mean()) ** 2).sum())
     fit = GaoFit(form, alpha, beta, math.sqrt(cov[0, 0]), math.sqrt(cov[1, 1]), peak, peak_se, math.nan,
                  residuals, 1 - float(residuals @ residuals) / total if total > 0 else math.nan)
-    fit.peak_gold = float(fit(torch.tensor([peak]))[0]) if math.isfinite(peak) else math.inf
+    fit.peak_gold = float(fit(torch.tensor([peak], device=d.device))[0]) if math.isfinite(peak) else math.inf
     return fit
 
 
-def _peak(form: str, alpha: float, beta: float):
-    """argmax_d R(d) on d ≥ 0 and the gradient of d* in (α, β) (None where d* sits at 0 or ∞)."""
+def _peak(form: str, alpha: float, beta: float, device=None):
+    """argmax_d R(d) on d ≥ 0 and the gradient of d* in (α, β) on ``device`` (None where d* sits at 0 or ∞)."""
     if alpha <= 0 and beta >= 0:
         return 0.0, None  # never rises
     if beta <= 0:
         return math.inf, None  # never turns down
     if form == "bon":  # R' = α − 2βd = 0
         peak = alpha / (2 * beta)
-        return peak, torch.tensor([1 / (2 * beta), -alpha / (2 * beta**2)], dtype=torch.float64)
+        return peak, torch.tensor([1 / (2 * beta), -alpha / (2 * beta**2)], dtype=torch.float64, device=device)
     peak = math.exp(alpha / beta - 1)  # R' = α − β(log d + 1) = 0
-    return peak, peak * torch.tensor([1 / beta, -alpha / beta**2], dtype=torch.float64)
+    return peak, peak * torch.tensor([1 / beta, -alpha / beta**2], dtype=torch.float64, device=device)
 
 
 # ------------------------------------------------------------------------------------------- exact curves
@@ -151,7 +151,7 @@ def _curve(method, pressure, p, chunks, proxy, gold) -> Curve:
     if not kl:
         raise ValueError(f"give at least one {'n' if method == 'bon' else 'β'} to trace the curve")
     kl = torch.cat(kl)
-    pressure = torch.tensor([float(x) for x in pressure], dtype=torch.float64)
+    pressure = torch.tensor([float(x) for x in pressure], dtype=torch.float64, device=kl.device)
     return Curve(method, pressure, kl, kl.sqrt(), torch.cat(e_proxy), torch.cat(e_gold))
 
 
@@ -181,9 +181,10 @@ def preference_pairs(probs, gold, num_pairs: int, *, scale: float = 1.0, seed: i
     index tensors [N]."""
     p, gold, _ = check_world(probs, gold, gold)
     num_pairs = positive_int(num_pairs, "num_pairs", meaning="how many labelled comparisons the proxy learns from")
-    gen = torch.Generator().manual_seed(int(seed))
-    y1, y2 = torch.multinomial(p, 2 * num_pairs, replacement=True, generator=gen).view(2, num_pairs)
-    label_seed = int(torch.randint(2**62, (1,), generator=gen))  # not `seed`: that stream drew y1, y2
+    gen = torch.Generator().manual_seed(int(seed))  # drawn on the CPU: the same pairs whatever p's device
+    drawn = torch.multinomial(p.cpu(), 2 * num_pairs, replacement=True, generator=gen).to(p.device)
+    y1, y2 = drawn.view(2, num_pairs)
+    label_seed = int(torch.randint(2**62, (1,), generator=gen, device="cpu"))  # not `seed`: that stream drew y1, y2
     first = sample_preferences(gold[y1], gold[y2], scale=scale, seed=label_seed)
     return torch.where(first, y1, y2), torch.where(first, y2, y1)
 

@@ -201,7 +201,7 @@ def pad_rows(rows, masks, pad_token_id) -> dict[str, torch.Tensor]:
 def pad_states(states: Sequence[torch.Tensor], width: int) -> torch.Tensor:
     """Right-pad per-row hidden states [S_i, hidden] into one Tensor [rows, width, hidden] (zeros after each row),
     the layout ``pad_rows`` gives the token rows."""
-    out = torch.zeros(len(states), width, states[0].shape[-1], dtype=states[0].dtype)
+    out = torch.zeros(len(states), width, states[0].shape[-1], dtype=states[0].dtype, device=states[0].device)
     for j, h in enumerate(states):
         out[j, : h.shape[0]] = h
     return out

@@ -33,8 +33,9 @@ def merge_parameters(policies: Sequence[Policy], weights: Sequence[float], *, na
             )
     merged = copy.deepcopy(policies[0].model)
     with torch.no_grad():
+        home = {k: v.device for k, v in states[0].items()}  # summed on the first policy's device, whatever the others'
         new_state = {
-            k: sum(w * s[k].to(torch.float64) for w, s in zip(weights, states)).to(states[0][k].dtype)
+            k: sum(w * s[k].to(home[k], torch.float64) for w, s in zip(weights, states)).to(states[0][k].dtype)
             if states[0][k].is_floating_point()
             else states[0][k].clone()
             for k in keys

@@ -287,7 +287,7 @@ class MixingLogitsProcessor(LogitsProcessor):
             self.logps = [m.start([prompt_token_ids(m.policy, p, chat=self.chat) for p in self.prompts])
                           for m in self.others]
         elif input_ids.shape[1] == self.start_length + self.fed + 1:
-            real = torch.ones(input_ids.shape[0], dtype=torch.bool)
+            real = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             self.logps = [m.step(input_ids[:, -1], real) for m in self.others]
             self.fed += 1
         else:

@@ -115,7 +115,7 @@ def tabular_online_dpo(rewards, beta: float, sampler: str, steps: int, lr: float
     """Gradient descent θ ← θ − lr·∇L(θ) from θ = 0 (π_ref uniform), the sampler's W recomputed every step."""
     r, beta, steps, lr = _check_run(rewards, beta, sampler, steps, lr)
     p = preference(r)
-    logits = torch.zeros(steps + 1, r.numel(), dtype=torch.float64)
+    logits = torch.zeros(steps + 1, r.numel(), dtype=torch.float64, device=r.device)
     for t in range(steps):
         logits[t + 1] = logits[t] - lr * population_gradient(logits[t], p, beta, sampler)
     return OnlineRun(logits, gap(logits, r, beta), sampler, beta, lr)
@@ -134,15 +134,22 @@ def sampled_online_dpo(rewards, beta: float, sampler: str, steps: int, lr: float
     num_pairs = positive_int(num_pairs, "num_pairs", meaning="pairs drawn per step")
     gen = torch.Generator().manual_seed(seed)
     K, p = r.numel(), preference(r)
-    logits = torch.zeros(steps + 1, K, dtype=torch.float64)
+    logits = torch.zeros(steps + 1, K, dtype=torch.float64, device=r.device)
     for t in range(steps):
         theta = logits[t]
-        flat = torch.multinomial(pair_weights(theta, p, beta, sampler).reshape(-1), num_pairs, replacement=True,
-                                 generator=gen)
-        i, j = flat // K, flat % K
-        labels = torch.bernoulli(p[i, j], generator=gen)
+        i, j, labels = _draw_pairs(pair_weights(theta, p, beta, sampler), p, num_pairs, gen)
         logits[t + 1] = theta - lr * sampled_gradient(theta, beta, i, j, labels)
     return OnlineRun(logits, gap(logits, r, beta), sampler, beta, lr, num_pairs)
+
+
+def _draw_pairs(weights: torch.Tensor, p: torch.Tensor, num_pairs: int, gen: torch.Generator):
+    """``num_pairs`` pairs (i, j) ~ W with Bernoulli(p_ij) labels, drawn on the CPU ``gen`` (the same draws
+    whatever the device), returned on p's device: (i, j, labels), each [num_pairs]."""
+    K = p.shape[0]
+    flat = torch.multinomial(weights.reshape(-1).cpu(), num_pairs, replacement=True, generator=gen)
+    i, j = flat // K, flat % K
+    labels = torch.bernoulli(p.cpu()[i, j], generator=gen)
+    return i.to(p.device), j.to(p.device), labels.to(p.device)
 
 
 # ---------------------------------------------------------------------------------------------- rates

@@ -71,9 +71,9 @@ def ppo_tabular(world: ToyWorld, pi_ref: TabularPolicy, rewards: torch.Tensor, c
     world._check_own(pi_ref, "pi_ref")
     rewards = world.check_values(rewards, "rewards")
     beta = config.beta
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # draws on the CPU: the same batches whatever the device
     logits = torch.nn.Parameter(pi_ref.log_table.clone())  # start at the reference
-    values = torch.nn.Parameter(torch.zeros(world.num_prefixes, dtype=torch.float64))  # V(s) baseline
+    values = torch.nn.Parameter(torch.zeros(world.num_prefixes, dtype=torch.float64, device=world.device))  # V(s)
     opt = torch.optim.Adam([logits], lr=config.learning_rate)
     v_opt = torch.optim.Adam([values], lr=config.value_learning_rate)
     # decay the step size linearly so the sampling noise averages out near the optimum
@@ -82,7 +82,8 @@ def ppo_tabular(world: ToyWorld, pi_ref: TabularPolicy, rewards: torch.Tensor, c
     for it in range(config.iterations):
         with torch.no_grad():
             old = world.policy(torch.log_softmax(logits, dim=-1))
-            idx = torch.multinomial(old.probs(), config.batch_size, replacement=True, generator=gen)
+            idx = torch.multinomial(old.probs().cpu(), config.batch_size, replacement=True, generator=gen)
+            idx = idx.to(world.device)
             y = world.responses[idx]
             nodes, mask = world._encoded[0][idx], world._encoded[1][idx]
             logp_old = old.log_table[nodes, y]

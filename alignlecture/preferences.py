@@ -37,8 +37,8 @@ def sample_preferences(r1, r2, *, scale: float = 1.0, seed: int = 0) -> torch.Te
     therefore draws its label seed from its own stream).
     """
     p = bt_probability(r1, r2, scale)
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.rand(p.shape, generator=gen, dtype=torch.float64) < p
+    gen = torch.Generator().manual_seed(int(seed))  # drawn on the CPU: the same labels whatever p's device
+    return torch.rand(p.shape, generator=gen, dtype=torch.float64, device="cpu").to(p.device) < p
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,8 @@ def wilson_interval(successes: torch.Tensor, n: torch.Tensor, z: float = 1.96):
 def label_agreement(abs_gap: torch.Tensor, agrees: torch.Tensor, edges: torch.Tensor) -> AgreementBins:
     """Bin comparisons by ∣gold gap∣ and report how often the label agreed with the gold reward."""
     abs_gap = torch.as_tensor(abs_gap, dtype=torch.float64)
-    agrees = torch.as_tensor(agrees).bool()
-    edges = torch.as_tensor(edges, dtype=torch.float64)
+    agrees = torch.as_tensor(agrees, device=abs_gap.device).bool()
+    edges = torch.as_tensor(edges, dtype=torch.float64, device=abs_gap.device)
     if abs_gap.shape != agrees.shape or abs_gap.dim() != 1:
         raise ValueError(f"abs_gap and agrees must be 1-D of equal length; got {tuple(abs_gap.shape)}, {tuple(agrees.shape)}")
     if edges.dim() != 1 or edges.numel() < 2 or not bool((edges[1:] > edges[:-1]).all()):
@@ -216,8 +216,8 @@ def expected_bt_loss(probs: torch.Tensor, gold: torch.Tensor, model_rewards: tor
     With y1, y2 drawn i.i.d. from ``probs`` and labels from the gold Bradley–Terry model, this is the
     expectation of the lecture's L_r(φ); it is minimised exactly when r̂ = scale·gold up to a constant.
     """
-    probs = torch.as_tensor(probs, dtype=torch.float64)
-    gold = torch.as_tensor(gold, dtype=torch.float64)
+    probs = torch.as_tensor(probs, dtype=torch.float64, device=model_rewards.device)
+    gold = torch.as_tensor(gold, dtype=torch.float64, device=model_rewards.device)
     if probs.dim() != 1 or gold.shape != probs.shape or model_rewards.shape != probs.shape:
         raise ValueError(
             f"probs, gold and model_rewards must be 1-D of one length; got {tuple(probs.shape)}, "

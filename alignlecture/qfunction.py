@@ -169,7 +169,7 @@ def q_prime(
         out.append(q)
         prev_ref = float(pi_ref.next_logprobs(prefix)[tok])
         prefix.append(tok)
-    return torch.tensor(out, dtype=DTYPE)
+    return torch.tensor(out, dtype=DTYPE, device=w.device)
 
 
 def _actions(world: ToyWorld, response) -> list[int]:
@@ -191,7 +191,8 @@ def exact_argmax(world: ToyWorld, seq_scores: torch.Tensor) -> torch.Tensor:
     The value-corrected decoder: for s(y) = Σ_t g(y_t|y_<t) (e.g. mixed logits w1 log π1 + w2 log π2), token-level
     greedy on g alone is not the argmax; greedy on g(a|s) + V(s·a) is (``soft_backup(world, g, beta=0)``).
     """
-    values = soft_backup(world, torch.zeros(world.num_prefixes, world.vocab_size, dtype=DTYPE), seq_scores, beta=0)
+    zeros = torch.zeros(world.num_prefixes, world.vocab_size, dtype=DTYPE, device=world.device)
+    values = soft_backup(world, zeros, seq_scores, beta=0)
     return world.greedy(values.q)
 
 

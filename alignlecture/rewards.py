@@ -175,7 +175,7 @@ def train_reward_model(features_chosen: torch.Tensor, features_rejected: torch.T
     both = torch.cat([features_chosen, features_rejected])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = RewardModel(both.mean(dim=0), both.std(dim=0).clamp(min=1e-6))
+        model = RewardModel(both.mean(dim=0), both.std(dim=0).clamp(min=1e-6)).to(both.device)  # its head too
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     losses = []
     for _ in range(steps):

@@ -157,8 +157,8 @@ class GuidedGenerations:
 
 
 def score_texts(reward_fn: Callable, texts: list[str]) -> torch.Tensor:
-    """reward_fn(texts) as a float64 vector with one finite score per text, or an error naming the fault."""
-    scores = torch.as_tensor(reward_fn(texts), dtype=torch.float64).reshape(-1)
+    """reward_fn(texts) as a float64 CPU vector with one finite score per text, or an error naming the fault."""
+    scores = torch.as_tensor(reward_fn(texts), dtype=torch.float64, device="cpu").reshape(-1)
     if scores.numel() != len(texts):
         raise ValueError(f"reward_fn returned {scores.numel()} scores for {len(texts)} texts; it must return one "
                          "score per text")

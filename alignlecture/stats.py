@@ -8,7 +8,8 @@ import torch
 
 
 def _values(values) -> torch.Tensor:
-    x = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    """The values as a flat float64 CPU tensor (statistics of a few numbers: a GPU tensor is copied over)."""
+    x = torch.as_tensor(values, dtype=torch.float64, device="cpu").reshape(-1)
     if x.numel() < 2:
         raise ValueError(f"need at least 2 values for an interval; got {x.numel()}")
     if not bool(torch.isfinite(x).all()):
@@ -41,11 +42,11 @@ def _percentile_bootstrap(statistic, size: int, level: float, num: int, generato
     if not isinstance(num, int) or num < 100:
         raise ValueError(f"num must be an int ≥ 100 bootstrap resamples; got {num!r}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    idx = torch.randint(0, size, (num, size), generator=gen)
+    idx = torch.randint(0, size, (num, size), generator=gen, device=gen.device).cpu()  # the values are on the CPU
     stats = statistic(idx)
     stats = stats[torch.isfinite(stats)]  # a resample whose statistic is undefined (e.g. 0/0) has no percentile
     tail = (1 - level) / 2
-    low, high = torch.quantile(stats, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    low, high = torch.quantile(stats, stats.new_tensor([tail, 1 - tail])).tolist()
     return low, high
 
 

@@ -382,8 +382,8 @@ class DPOTrainer:
         epochs = cfg.num_train_epochs
         if cfg.max_steps > 0:
             epochs = math.ceil(cfg.max_steps * micro_per_step * pairs_per_micro / self.num_pairs)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        return torch.cat([torch.randperm(self.num_pairs, generator=gen) for _ in range(epochs)]).tolist()
+        gen = torch.Generator().manual_seed(cfg.seed)  # on the CPU: the same order on every device
+        return torch.cat([torch.randperm(self.num_pairs, generator=gen, device="cpu") for _ in range(epochs)]).tolist()
 
     # ------------------------------------------------------------------ training
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainResult:
