@@ -19,7 +19,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 RUN_ENV := ALIGNLECTURE_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ALIGNLECTURE_PROFILE=cpu \
 	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
 
-.PHONY: book check-html test unit nbval notebooks sync-notebooks check-portable colab-check bench gpu-check setup clean
+.PHONY: book check-html test unit nbval notebooks sync-notebooks check-portable colab-check gpu-check-prepare bench gpu-check setup clean
 
 setup: $(STAMP)
 
@@ -87,8 +87,16 @@ bench: $(STAMP)
 	$(RUN_ENV) $(PY) benchmarks/bench_checkpoint.py
 
 # GPU machines have torch and transformers but no network, no model wheel and no .venv: use their python.
+# Prepare here (needs the model wheel and PyPI): the stand-in's config + tokenizer and the wheels the GPU image
+# lacks, into .gpu-check/ (a few MB). There: pip install --no-index --no-deps --target /tmp/site
+# .gpu-check/wheels/*.whl, PYTHONPATH=/tmp/site, then make gpu-check PYTHON=python3.
+gpu-check-prepare: $(STAMP)
+	$(RUN_ENV) $(PY) tools/standin.py profile .gpu-check/standin
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d .gpu-check/wheels \
+		-r tools/gpu_wheels.txt
+
 gpu-check:
-	PYTHONPATH=. $(PYTHON) tools/gpu_check.py
+	PYTHONPATH=.:$(PYTHONPATH) $(PYTHON) tools/gpu_check.py
 
 clean:
 	rm -rf _build .pytest_cache

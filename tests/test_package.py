@@ -130,3 +130,31 @@ def test_every_public_module_is_reachable_as_an_attribute():
 
     public = {m.name for m in pkgutil.iter_modules(alignlecture.__path__) if not m.name.startswith("_")}
     assert sorted(public - set(alignlecture._SUBMODULES)) == []
+
+
+def test_run_chapter_executes_cells_in_order_and_reports_the_failing_one(tmp_path):
+    """tools/run_chapter.py (what gpu-check runs per chapter, with no Jupyter kernel on the GPU machine)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nbformat
+
+    root = Path(__file__).resolve().parent.parent
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    good, bad = nb_dir / "good.ipynb", nb_dir / "bad.ipynb"
+    cells = ["x = 2", "import matplotlib.pyplot as plt\nplt.plot([1, x])", "assert x == 2\nprint('done', x)"]
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), good)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in ["y = 1", "1 / 0"]]), bad)
+    script = root / "tools" / "run_chapter.py"
+    ok = subprocess.run([sys.executable, str(script), str(good), "--json", str(tmp_path / "g.json")],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "done 2" in ok.stdout
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert result["chapter"] == "good" and result["error"] is None and result["host_peak_gb"] > 0
+    failed = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout.strip().splitlines()[-1])["error"] == "code cell 1: ZeroDivisionError: division by zero"

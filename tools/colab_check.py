@@ -4,7 +4,7 @@
    with no extras — plus the part of Colab's preinstalled image the chapters rely on (COLAB_IMAGE); torch as
    TORCH_SPEC (the CPU build on the course's machines, as Colab brings its own).
 2. The gpu profile (`ALIGNLECTURE_PROFILE=gpu`, SmolLM2-1.7B-Instruct and the larger sample counts), with every
-   model replaced by a seeded random-init stand-in of SmolLM2's family (2 blocks, 64 wide, its real tokenizer:
+   model replaced by a seeded random-init stand-in of SmolLM2's family (6 blocks, 64 wide, its real tokenizer:
    `tools/standin.py tiny`), an empty cache and no network.
 3. Every notebook executed top to bottom in that venv's kernel (the stored notebooks are not modified).
 

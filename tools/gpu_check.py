@@ -1,14 +1,26 @@
-"""GPU smoke check (`make gpu-check`): toy world, soft values, best-of-n, a tiny Llama's logprobs, generate and
-mixed decoding on CUDA, compared with the CPU.
+"""GPU check (`make gpu-check`), on a GPU machine with no network:
 
-Needs only torch and transformers (GPU machines have no network, no model wheel and no .venv).
-Prints what ran where and exits non-zero on any mismatch.
+1. smoke checks — toy world, soft values, best-of-n, a tiny Llama's logprobs, generate and mixed decoding on CUDA,
+   compared with the CPU;
+2. every chapter notebook on CUDA in the gpu profile, on a seeded random-init model of the profile's architecture
+   (SmolLM2-1.7B-Instruct's config, tools/standin/) with the real tokenizer: per chapter the wall time, the peak
+   GPU memory (torch.cuda.max_memory_allocated) and the peak host RSS, failing above 14 GB GPU / 11 GB host.
+
+What the machine lacks is prepared here by `make gpu-check-prepare` into .gpu-check/ (the stand-in's config and
+tokenizer, and the pure-Python wheels named in tools/gpu_wheels.txt; a few MB) and carried there. Exits non-zero
+on any mismatch, failed chapter or memory over its limit. `--smoke-only` skips the chapters; `--allow-cpu` runs
+on a CPU (to test this script).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,16 +35,63 @@ def check(name: str, ok: bool, detail: str) -> bool:
     return ok
 
 
-def main() -> int:
+GPU_LIMIT_GB = 14.0  # a free Colab T4 has 16 GB; leave room for the CUDA context and fragmentation
+HOST_LIMIT_GB = 11.0  # of Colab's ~12.7 GB host RAM
+ROOT = Path(__file__).resolve().parent.parent
+STANDIN = ROOT / ".gpu-check" / "standin"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     dev = al.device()
     print(f"torch {torch.__version__}, device() = {dev}, profile() = {al.profile()}")
-    if dev.type != "cuda":
+    if dev.type != "cuda" and "--allow-cpu" not in argv:
         print("no CUDA device here: nothing to check (run this on a GPU machine)")
         return 1
-    print(f"GPU: {torch.cuda.get_device_name(0)}")
+    if dev.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(0)}")
     results = run_checks(dev)
-    print("all checks passed" if all(results) else "SOME CHECKS FAILED")
+    print("smoke checks passed" if all(results) else "SOME SMOKE CHECKS FAILED")
+    if "--smoke-only" not in argv:
+        notebooks = [a for a in argv if a.endswith(".ipynb")] or sorted(map(str, (ROOT / "notebooks").glob("*.ipynb")))
+        results.append(chapters(notebooks))
     return 0 if all(results) else 1
+
+
+def chapters(notebooks: list[str]) -> bool:
+    """Every chapter in the gpu profile, each in a fresh process, on a seeded random-init model of the profile's
+    architecture (SmolLM2-1.7B-Instruct's config, the real tokenizer) — no network, no downloaded weights.
+    Prints a markdown table (chapter, wall time, peak GPU and host memory) for benchmarks/RESULTS.md."""
+    if not (STANDIN / "config.json").is_file():
+        print(f"FAIL chapters: {STANDIN} is missing — run `make gpu-check-prepare` where the model wheel is, then "
+              "carry .gpu-check to this machine")
+        return False
+    cache = Path(tempfile.mkdtemp(prefix="alignlecture-gpu-check-"))
+    env = dict(os.environ, ALIGNLECTURE_PROFILE="gpu", ALIGNLECTURE_STANDIN=str(STANDIN), ALIGNLECTURE_CACHE=str(cache),
+               ALIGNLECTURE_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    rows, ok = [], True
+    start = time.perf_counter()
+    for nb in notebooks:
+        out = cache / f"{Path(nb).stem}.json"
+        subprocess.call([sys.executable, str(ROOT / "tools" / "run_chapter.py"), nb, "--json", str(out)], env=env)
+        r = json.loads(out.read_text()) if out.is_file() else {"chapter": Path(nb).stem, "error": "no result (crashed)"}
+        gpu, host = r.get("gpu_peak_gb"), r.get("host_peak_gb")
+        over = []
+        if gpu is not None and gpu > GPU_LIMIT_GB:
+            over.append(f"GPU {gpu} GB > {GPU_LIMIT_GB}")
+        if host is not None and host > HOST_LIMIT_GB:
+            over.append(f"host {host} GB > {HOST_LIMIT_GB}")
+        status = r.get("error") or ("; ".join(over) if over else "ok")
+        ok &= status == "ok"
+        rows.append(f"| {r['chapter']} | {r.get('seconds', '—')} | {gpu if gpu is not None else '—'} | "
+                    f"{host if host is not None else '—'} | {status} |")
+    print("\n| chapter | wall s | peak GPU GB (max_memory_allocated) | peak host GB (RSS) | status |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\nchapters: {'all ok' if ok else 'SOME FAILED'} in {(time.perf_counter() - start) / 60:.1f} min")
+    return ok
 
 
 def run_checks(dev: torch.device) -> list[bool]:

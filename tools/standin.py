@@ -1,6 +1,6 @@
 """Write a stand-in model directory (config.json + SmolLM2's real tokenizer) for `ALIGNLECTURE_STANDIN`.
 
-    python tools/standin.py tiny DIR      a 2-block, 64-wide Llama with SmolLM2's vocabulary (make colab-check)
+    python tools/standin.py tiny DIR      a 6-block, 64-wide Llama with SmolLM2's vocabulary (make colab-check)
     python tools/standin.py profile DIR   the gpu profile's architecture, SmolLM2-1.7B-Instruct
                                           (tools/standin/smollm2-1.7b-instruct.json; make gpu-check)
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PROFILE_CONFIG = ROOT / "tools" / "standin" / "smollm2-1.7b-instruct.json"
-TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4,
         "num_key_value_heads": 4}
 
 
