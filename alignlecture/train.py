@@ -181,6 +181,32 @@ class TopLayers(torch.nn.Module):
             hidden = layer(hidden, attention_mask=mask, position_embeddings=pos, position_ids=position_ids)
         return self.norm(hidden)
 
+    def trained(self) -> list[torch.nn.Parameter]:
+        """What ``trainable_layers`` trains: the blocks' and the final norm's parameters (never the tied LM head)."""
+        return list(self.layers.parameters()) + list(self.norm.parameters())
+
+
+def reference_copy(policy, config: DPOConfig | None = None):
+    """π_ref for training ``policy`` with ``config``: the policy as it is now, for a fraction of a copy's memory.
+
+    With ``config.trainable_layers = k`` the trainer changes only the top k blocks and the final norm, so the copy
+    owns just those (cloned now) and shares every other weight with ``policy`` (``merging.copy_sharing``): its
+    outputs stay bit for bit those of the untrained policy while ``policy`` trains — as long as nothing but such a
+    trainer changes ``policy``'s weights. For SmolLM2-1.7B with k = 4: 0.27B parameters copied instead of 1.7B.
+    Other training (full fine-tuning, ``peft_config``) may change any weight: then it is a full ``copy.deepcopy``.
+    """
+    import copy
+    import dataclasses
+
+    from .merging import copy_sharing
+
+    config = config or DPOConfig()
+    if config.trainable_layers:
+        model = copy_sharing(policy.model, TopLayers(policy.model, config.trainable_layers).trained())
+    else:
+        model = copy.deepcopy(policy.model)
+    return dataclasses.replace(policy, model=model.eval())
+
 
 FIELDS = ("prompt", "chosen", "rejected")
 
@@ -339,7 +365,7 @@ class DPOTrainer:
             top = TopLayers(model, cfg.trainable_layers)  # validates the depth before anything is frozen
             for p in model.parameters():
                 p.requires_grad_(False)
-            for p in list(top.layers.parameters()) + list(top.norm.parameters()):
+            for p in top.trained():
                 p.requires_grad_(True)
             return top
         if self.peft_config is not None:

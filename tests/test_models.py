@@ -185,6 +185,81 @@ def test_local_directory_with_only_pickled_weights_is_refused(tiny, tmp_path, mo
     assert unpickled == []
 
 
+# ---------------------------------------------------------------------------------------------- dtype and device at load
+@pytest.fixture
+def from_pretrained_calls(monkeypatch):
+    """Every AutoModelForCausalLM.from_pretrained call's keyword arguments (the real load still runs)."""
+    from transformers import AutoModelForCausalLM
+
+    real, calls = AutoModelForCausalLM.from_pretrained, []
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: calls.append(k) or real(*a, **k))
+    return calls
+
+
+def test_load_policy_reads_the_weights_in_the_requested_dtype(tiny, tmp_path, from_pretrained_calls):
+    target = save_converted(tiny.model, tiny.tokenizer, tmp_path / "tiny")
+    half = load_policy(str(target), device="cpu", dtype=torch.bfloat16)
+    assert from_pretrained_calls[-1]["dtype"] == torch.bfloat16 and "device_map" not in from_pretrained_calls[-1]
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    want = {k: v.to(torch.bfloat16) for k, v in tiny.model.state_dict().items()}
+    assert all(torch.equal(v, want[k]) for k, v in half.model.state_dict().items())  # = float32 read, then cast
+    assert _tied(half.model)
+    full = load_policy(str(target), device="cpu")  # the default: float32, as before
+    assert from_pretrained_calls[-1]["dtype"] == torch.float32 and "device_map" not in from_pretrained_calls[-1]
+    assert _state_dicts_equal(full.model, tiny.model)
+
+
+def test_a_hub_id_is_read_in_the_requested_dtype(tiny, monkeypatch):
+    calls = []
+    monkeypatch.setattr(models, "_hub_cached", lambda repo_id: True)
+    monkeypatch.setattr(models, "_from_pretrained",
+                        lambda source, **kw: calls.append((source, kw)) or (tiny.model, tiny.tokenizer))
+    load_policy("owner/tiny", device="cpu", dtype=torch.float32)
+    assert calls == [("owner/tiny", {"local_files_only": True, "dtype": torch.float32, "device": torch.device("cpu")})]
+
+
+def test_a_gguf_directory_is_read_in_float32_then_cast(tiny, tmp_path, monkeypatch):
+    import copy
+
+    (tmp_path / "m.gguf").write_bytes(b"")
+    calls = []
+    monkeypatch.setattr(models, "_from_pretrained",
+                        lambda source, **kw: calls.append(kw) or (copy.deepcopy(tiny.model), tiny.tokenizer))
+    policy = load_policy(str(tmp_path), device="cpu", dtype=torch.bfloat16)
+    assert calls == [{"gguf_file": "m.gguf"}]  # no dtype: dequantised in float32, as the conversion is
+    assert {p.dtype for p in policy.model.parameters()} == {torch.bfloat16}
+
+
+def test_the_wheel_gguf_and_its_converted_copy_are_read_in_float32(converted):
+    assert all("dtype" not in kwargs and "device" not in kwargs
+               for _, kwargs in converted.first_calls + converted.second_calls)
+    assert {p.dtype for p in converted.second.model.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("device", "accelerate", "device_map"),
+    [
+        (torch.device("cuda", 1), True, {"": torch.device("cuda", 1)}),
+        (torch.device("cuda"), True, {"": torch.device("cuda", 0)}),  # where .to("cuda") would put it
+        (torch.device("cuda", 1), False, None),  # no accelerate: built on the host, then moved by _finish
+        (torch.device("cpu"), True, None),
+        (None, True, None),
+    ],
+)
+def test_a_gpu_target_gets_the_weights_streamed_onto_it(tiny, tmp_path, monkeypatch, device, accelerate, device_map):
+    import transformers.utils
+    from transformers import AutoModelForCausalLM
+
+    target = save_converted(tiny.model, tiny.tokenizer, tmp_path / "tiny")
+    calls = []
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda source, **kw: calls.append(kw) or "model")
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda *a, **k: accelerate)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    model, tokenizer = models._from_pretrained(str(target), local_files_only=True, dtype=torch.float16, device=device)
+    assert model == "model" and len(tokenizer) == len(tiny.tokenizer)
+    assert calls[0]["dtype"] == torch.float16 and calls[0].get("device_map") == device_map
+
+
 # ---------------------------------------------------------------------------------------------- load errors
 def test_unknown_key_lists_the_known_keys():
     with pytest.raises(ValueError, match=r"unknown model 'smollm9-nope'.*smollm2-135m-instruct"):
@@ -494,3 +569,43 @@ def test_a_saved_tokenizer_does_not_keep_the_padding_of_its_last_call(tiny, tmp_
     want = tiny.tokenizer(texts, return_tensors="pt", padding=True)["input_ids"]
     assert loaded.tokenizer.padding_side == tiny.tokenizer.padding_side
     assert torch.equal(loaded.tokenizer(texts, return_tensors="pt", padding=True)["input_ids"], want)
+
+
+# ---------------------------------------------------------------------------------------------- stand-in models
+def _standin_dir(tmp_path: Path) -> Path:
+    from transformers import LlamaConfig
+
+    tok = models.toy_tokenizer()
+    directory = tmp_path / "standin"
+    tok.save_pretrained(str(directory))
+    LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(str(directory))
+    return directory
+
+
+def test_standin_replaces_every_model_with_the_same_seeded_random_init(tmp_path, monkeypatch):
+    directory = _standin_dir(tmp_path)
+    monkeypatch.setenv(models.STANDIN_ENV, str(directory))
+    hub = load_policy("HuggingFaceTB/SmolLM2-1.7B-Instruct", device="cpu")  # no network, no download
+    key = load_policy("smollm2-135m-instruct", device="cpu")
+    assert hub.name == "HuggingFaceTB/SmolLM2-1.7B-Instruct" and hub.source.startswith("standin-")
+    assert hub.source == key.source  # the cache keys name the stand-in, never the real model's weights
+    assert sum(p.numel() for p in hub.model.parameters()) < 100_000
+    for a, b in zip(hub.model.state_dict().values(), key.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_standin_leaves_the_global_random_state_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv(models.STANDIN_ENV, str(_standin_dir(tmp_path)))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_policy("any/model", device="cpu")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_standin_without_config_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv(models.STANDIN_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="tools/standin.py"):
+        load_policy("any/model", device="cpu")

@@ -268,3 +268,62 @@ def test_lm_samplers_refuse_unknown_names_and_bad_alpha(tiny_pair):
         online.sample_pairs(policy, ref, ["a dog"], "uniform")
     with pytest.raises(ValueError, match="alpha must be a positive finite number"):
         online.sample_pairs(policy, ref, ["a dog"], "mix-p", alpha=0)
+
+
+# ---------------------------------------------------------------------------------------------- a reference that shares
+def _run_with(ref_of, *, trainable_layers=1):
+    """lm_online_dpo from tiny_policy(seed=1) against ``ref_of(policy, config)``: (output, policy, ref, initial)."""
+    from alignlecture.models import tiny_policy
+    from alignlecture.train import DPOConfig
+
+    policy = tiny_policy(seed=1, device="cpu")
+    initial = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    config = DPOConfig(per_device_train_batch_size=2, learning_rate=1e-2, trainable_layers=trainable_layers,
+                       progress=False)
+    ref = ref_of(policy, config)
+    out = online.lm_online_dpo(policy, ref, _count_good, ["describe a dog", "tell me about tea"],
+                               ["write one sentence", "what about rain", "describe a city"], "mix-p", rounds=2,
+                               config=config, eval_samples=2, max_new_tokens=4)
+    return out, policy, ref, initial
+
+
+def _scored(policy):
+    from alignlecture.logprobs import sequence_logprobs
+
+    prompts, texts = ["describe a dog", "what about rain"], ["the dog is good", "i hate rain and sun"]
+    return sequence_logprobs(policy, prompts, texts)
+
+
+def test_a_reference_sharing_the_frozen_weights_gives_the_same_run_and_stays_the_initial_policy():
+    from alignlecture.models import tiny_policy
+    from alignlecture.train import reference_copy
+
+    base, policy_a, ref_a, initial = _run_with(lambda policy, config: tiny_policy(seed=1, device="cpu"))
+    shared, policy_b, ref_b, _ = _run_with(reference_copy)
+    # (2) the run is unchanged: every score, every pair reward and every trained weight, bit for bit
+    assert torch.equal(base["eval"], shared["eval"]) and torch.equal(base["pair_rewards"], shared["pair_rewards"])
+    assert all(torch.equal(a, b) for a, b in zip(policy_a.model.state_dict().values(),
+                                                 policy_b.model.state_dict().values()))
+    # the policy did train, and only the top block and final norm moved: exactly the tensors the copy owns
+    moved = {n for n, p in policy_b.model.named_parameters() if not torch.equal(p, initial[n])}
+    owned = {n for n, p in ref_b.model.named_parameters()
+             if p.data_ptr() != policy_b.model.get_parameter(n).data_ptr()}
+    assert moved and moved <= owned == {n for n in initial if n.startswith(("model.layers.1.", "model.norm."))}
+    # (1) the reference is still the initial policy, bit for bit, after two rounds of training the policy
+    assert torch.equal(_scored(ref_b), _scored(tiny_policy(seed=1, device="cpu")))
+    assert torch.equal(_scored(ref_b), _scored(ref_a))
+    assert all(torch.equal(p, initial[n]) for n, p in ref_b.model.named_parameters())
+
+
+def test_a_reference_copy_without_trainable_layers_is_a_full_copy():
+    from alignlecture.models import tiny_policy
+    from alignlecture.train import DPOConfig, reference_copy
+
+    policy = tiny_policy(seed=1, device="cpu")
+    ref = reference_copy(policy, DPOConfig())
+    ours = {p.data_ptr() for p in policy.model.parameters()}
+    assert not ours & {p.data_ptr() for p in ref.model.parameters()}
+    shared = reference_copy(policy, DPOConfig(trainable_layers=2))
+    embeddings = policy.model.model.embed_tokens.weight.data_ptr()  # the one tensor outside both top blocks + norm
+    assert ours & {p.data_ptr() for p in shared.model.parameters()} == {embeddings}
+    assert shared.name == policy.name and shared.tokenizer is policy.tokenizer
