@@ -55,10 +55,21 @@ def first_order(g_w: torch.Tensor, g_l: torch.Tensor) -> FirstOrder:
     """First-order Δ log π_w / c and Δ log π_l / c for the DPO step Δθ = c(∇w − ∇l), per pair ([..., D] → [...])."""
     g_w, g_l = _gradient_pair(g_w, g_l)
     inner, sq_w, sq_l = (g_w * g_l).sum(-1), (g_w * g_w).sum(-1), (g_l * g_l).sum(-1)
-    delta_w, delta_l = sq_w - inner, inner - sq_l
+    delta_w, delta_l = _tie(sq_w - inner, sq_w + sq_l), _tie(inner - sq_l, sq_w + sq_l)
     norms = (sq_w * sq_l).sqrt()
     cos = torch.where(norms > 0, inner / torch.where(norms > 0, norms, 1.0), 0.0)
     return FirstOrder(delta_w, delta_l, inner, cos, sq_w, sq_l, classify(delta_w, delta_l))
+
+
+def _tie(delta: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``delta`` with round-off-sized values set to exactly 0.
+
+    Two responses can have the same gradient exactly (the same tokens in another order, under parameters shared
+    across positions); then Δ = ‖∇w‖² − ⟨∇w, ∇l⟩ is 0, and what floating point leaves of it is a ±1e-17 whose
+    sign depends on the CPU's summation order — it would put the pair in case 1 on one machine and case 2 on
+    another. Anything within 64 ulps of the terms' size is that tie.
+    """
+    return torch.where(delta.abs() <= 64 * torch.finfo(delta.dtype).eps * scale, 0.0, delta)
 
 
 def classify(delta_chosen: torch.Tensor, delta_rejected: torch.Tensor) -> torch.Tensor:

@@ -131,3 +131,18 @@ def at_most(value: float, bound: float, what: str = "") -> str:
         raise AssertionError(f"the measured{label} {value:.3g} is not within [0, {bound:g}]")
     shown = f"{bound * 100:g} %" if bound < 1 else f"{bound:g}"
     return f"≤ {shown} ✓"
+
+
+def scientific(value: float, floor: float = 1e-12, digits: int = 1) -> str:
+    """``value`` in scientific notation, or ``'< floor'`` once it is down at float64 round-off.
+
+    An error or a KL that is zero in exact arithmetic comes out as 1e-17 on one CPU and 7e-17 on another (the
+    vector width changes the order of the sums): those digits are not a result, and a page that prints them
+    cannot be re-created elsewhere. Above ``floor`` the number is printed with ``digits`` decimals.
+    """
+    value, floor = float(value), float(floor)
+    if not math.isfinite(floor) or floor <= 0:
+        raise ValueError(f"floor must be a positive finite number such as 1e-12; got {floor!r}")
+    if math.isnan(value):
+        raise ValueError("value is NaN; a KL or an error must be a number")
+    return f"< {floor:.0e}" if abs(value) < floor else f"{value:.{int(digits)}e}"

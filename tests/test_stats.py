@@ -107,3 +107,16 @@ def test_at_most_states_the_bound_it_checked():
         at_most(float("nan"), 0.01)
     with pytest.raises(ValueError, match="bound"):
         at_most(0.1, 0)
+
+
+def test_scientific_hides_round_off_digits():
+    from alignlecture.stats import scientific
+
+    assert scientific(6.7e-17) == scientific(7.2e-17) == "< 1e-12"
+    assert scientific(-3e-18) == "< 1e-12"
+    assert scientific(5.8e-06) == "5.8e-06"
+    assert scientific(4.5e-16, floor=1e-14) == "< 1e-14"
+    with pytest.raises(ValueError, match="floor"):
+        scientific(1.0, floor=0)
+    with pytest.raises(ValueError, match="NaN"):
+        scientific(float("nan"))
