@@ -10,11 +10,12 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
+
+tomllib = pytest.importorskip("tomllib", reason="Python ≥ 3.11 reads pyproject.toml with tomllib")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
