@@ -637,3 +637,38 @@ def test_check_html_accepts_the_same_equation_broken_over_aligned_lines(tmp_path
     result = subprocess.run([PYTHON, str(ROOT / "tools" / "check_html.py"), str(root), "--screenshots",
                              str(tmp_path / "shots")], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _shown_sources(path: Path) -> list[tuple[int, str, str]]:
+    """(code cell, qualified name, stored markdown) for every stored show_source output of a notebook."""
+    found = []
+    for i, cell in enumerate(_code_cells(path)):
+        for out in cell.get("outputs", []):
+            md = out.get("data", {}).get("text/markdown", "")
+            if md.startswith("`alignlecture."):
+                found.append((i, md.split("`")[1], md))
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_source_listings_match_the_package(path):
+    """A chapter shows a function's source beside its equation; once the function changes, the stored listing
+    is stale and nbval fails on every reader's machine. Caught here in a second, not after 20 minutes of nbval."""
+    import importlib
+
+    from alignlecture._book import source
+
+    stale = []
+    for i, name, md in _shown_sources(path):
+        parts = name.split(".")
+        for k in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:k]))
+            except ImportError:
+                continue
+            for attr in parts[k:]:
+                obj = getattr(obj, attr)
+            break
+        if source(obj) not in md:
+            stale.append(f"code cell {i}: {name}")
+    assert stale == [], f"re-execute {path.name} (make notebooks): its listing of {stale} is out of date"
