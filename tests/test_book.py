@@ -672,3 +672,16 @@ def test_stored_source_listings_match_the_package(path):
         if source(obj) not in md:
             stale.append(f"code cell {i}: {name}")
     assert stale == [], f"re-execute {path.name} (make notebooks): its listing of {stale} is out of date"
+
+
+def test_the_book_skips_every_scratch_directory_the_checks_write():
+    """make colab-check / gpu-check-prepare / check-portable write venvs and caches inside the repository; Sphinx
+    would read their files as pages (a huggingface_hub template crashed the build)."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    makefile = (ROOT / "Makefile").read_text() + (ROOT / "tools" / "colab_check.py").read_text() + (
+        ROOT / "tools" / "check_portable.py").read_text()
+    scratch = {d for d in (".venv", ".colab-check", ".gpu-check", ".portable-cache") if d in makefile}
+    assert scratch == {".venv", ".colab-check", ".gpu-check", ".portable-cache"}
+    assert scratch <= set(config["exclude_patterns"])
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert all(f"{d}/" in ignored for d in scratch)
