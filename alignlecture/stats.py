@@ -109,9 +109,8 @@ def signed(value: float, digits: int = 4) -> str:
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"value must be a finite number; got {value!r}")
-    digits = int(digits)
-    if digits < 0:
-        raise ValueError(f"digits must be a non-negative number of decimals; got {digits!r}")
+    if isinstance(digits, bool) or not isinstance(digits, int) or digits < 0:
+        raise ValueError(f"digits must be a non-negative int (decimals); got {digits!r}")
     rounded = round(value, digits)
     return f"{(rounded if rounded != 0 else 0.0):+.{digits}f}"
 
@@ -143,6 +142,8 @@ def scientific(value: float, floor: float = 1e-12, digits: int = 1) -> str:
     value, floor = float(value), float(floor)
     if not math.isfinite(floor) or floor <= 0:
         raise ValueError(f"floor must be a positive finite number such as 1e-12; got {floor!r}")
-    if math.isnan(value):
-        raise ValueError("value is NaN; a KL or an error must be a number")
-    return f"< {floor:.0e}" if abs(value) < floor else f"{value:.{int(digits)}e}"
+    if not math.isfinite(value):
+        raise ValueError(f"value must be a finite number (a KL, an error); got {value!r}")
+    if isinstance(digits, bool) or not isinstance(digits, int) or digits < 0:
+        raise ValueError(f"digits must be a non-negative int (decimals of the mantissa); got {digits!r}")
+    return f"< {floor:g}" if abs(value) < floor else f"{value:.{digits}e}"

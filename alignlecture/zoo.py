@@ -89,7 +89,10 @@ def dpo_config(rec: Recipe, *, progress: bool = False) -> DPOConfig:
 
 
 def _dir(rec: Recipe) -> Path:
-    return cache_dir() / "zoo" / f"{rec.name}-{rec.key()}"
+    from .models import standin_tag
+
+    tag = standin_tag(rec.base)  # a stand-in model's zoo never shares a directory with the real one
+    return cache_dir() / "zoo" / f"{rec.name}-{rec.key()}{'-' + tag if tag else ''}"
 
 
 def train(name: str, *, device=None, progress: bool = False) -> tuple[TrainResult, PreferenceDataset]:

@@ -83,13 +83,48 @@ def test_install_cell_installs_this_version_and_says_so():
     url, branch = repo["url"].rstrip("/"), repo["branch"]
     version = alignlecture.__version__
     cell = install_cell()
-    compile(cell, "install cell", "exec")
     assert f'VERSION, REPO = "{version}", "git+{url}"' in cell
     assert f'for ref in (f"v{{VERSION}}", "{branch}"):' in cell  # the tag of this version first, the branch after
-    assert "alignlecture.__version__ == VERSION" in cell
-    assert 'print(f"installed alignlecture {alignlecture.__version__} from {ref}' in cell
-    assert 'if "google.colab" in sys.modules:' in cell
     assert max(map(len, cell.splitlines())) <= 100  # fits the page's code column
+
+
+def _run_install_cell(monkeypatch, returncodes, installed_version):
+    """Execute the install cell as on Colab, with pip replaced by a stub that fails or succeeds in turn."""
+    import subprocess
+    import types
+
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd[-1])
+        return types.SimpleNamespace(returncode=returncodes[len(calls) - 1], stderr="ERROR: no such ref\n")
+
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(alignlecture, "__version__", installed_version)
+    exec(compile(install_cell(), "install cell", "exec"), {})
+    return calls
+
+
+def test_install_cell_tries_the_version_tag_first(monkeypatch, capsys):
+    version = alignlecture.__version__
+    calls = _run_install_cell(monkeypatch, [0], version)
+    assert calls == [f"alignlecture @ git+{alignlecture._book.repository_url()}@v{version}"]
+    assert capsys.readouterr().out.strip() == f"installed alignlecture {version} from v{version}; this page is {version}"
+
+
+def test_install_cell_falls_back_to_the_branch_and_reports_a_total_failure(monkeypatch, capsys):
+    version = alignlecture.__version__
+    branch = alignlecture._book.repository_branch()
+    assert _run_install_cell(monkeypatch, [1, 0], version)[-1].endswith(f"@{branch}")
+    assert f"from {branch};" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="(?s)pip could not install git.*no such ref"):
+        _run_install_cell(monkeypatch, [1, 1], version)
+
+
+def test_install_cell_stops_when_another_version_is_imported(monkeypatch):
+    with pytest.raises(AssertionError, match="Restart session"):
+        _run_install_cell(monkeypatch, [0], "0.0.1")
 
 
 # ---------------------------------------------------------------------------------------------- check_notebooks.py
@@ -660,7 +695,7 @@ def test_stored_source_listings_match_the_package(path):
 
     stale = []
     for i, name, md in _shown_sources(path):
-        parts = name.split(".")
+        parts, obj = name.split("."), None
         for k in range(len(parts), 0, -1):
             try:
                 obj = importlib.import_module(".".join(parts[:k]))
@@ -669,9 +704,14 @@ def test_stored_source_listings_match_the_package(path):
             for attr in parts[k:]:
                 obj = getattr(obj, attr)
             break
+        assert obj is not None, f"code cell {i} lists {name}, which is not importable"
         if source(obj) not in md:
             stale.append(f"code cell {i}: {name}")
     assert stale == [], f"re-execute {path.name} (make notebooks): its listing of {stale} is out of date"
+
+
+def test_the_chapters_store_source_listings_to_check():
+    assert sum(len(_shown_sources(p)) for p in NOTEBOOKS) >= 30  # the listing test above is not vacuous
 
 
 def test_the_book_skips_every_scratch_directory_the_checks_write():

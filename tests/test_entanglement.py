@@ -446,14 +446,14 @@ def test_row_gradients_refuse_embeddings_tied_weights_and_misuse():
         rg2.gram(y.reshape(1))
 
 
-def test_equal_gradients_summed_in_another_order_are_a_tie_in_case_one():
-    """Same gradient up to summation order (same tokens, another order, shared parameters): Δw = Δl = 0 exactly,
-    so the pair is case 1 on every CPU, whatever sign the round-off happens to have."""
-    parts = torch.randn(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 1e3
-    g_w = parts.sum(0)
-    g_l = parts.flip(0).cumsum(0)[-1]  # the same five terms added the other way round
+def test_gradients_equal_up_to_round_off_are_a_tie_in_case_one():
+    """Two responses with the same gradient in exact arithmetic (same tokens, another order, shared parameters)
+    come out of floating point an ulp apart: Δw = Δl = 0 must hold, so the pair is case 1 on every CPU."""
+    g_w = torch.randn(7, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e3
+    g_l = torch.nextafter(g_w, torch.full_like(g_w, math.inf))  # one ulp away: what summation order leaves
+    assert float((g_w * g_w).sum() - (g_w * g_l).sum()) != 0.0  # without the tie rule, round-off decides
     out = ge.first_order(g_w, g_l)
     assert float(out.delta_chosen) == 0.0 and float(out.delta_rejected) == 0.0
     assert int(out.case) == 1
-    noisy = ge.first_order(g_w, g_l * (1 + 1e-9))  # a real difference, far above round-off, keeps its sign
-    assert float(noisy.delta_chosen) != 0.0
+    real = ge.first_order(g_w, g_l * (1 + 1e-9))  # a real difference, far above round-off, keeps its sign
+    assert float(real.delta_chosen) != 0.0

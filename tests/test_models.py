@@ -609,3 +609,23 @@ def test_standin_without_config_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv(models.STANDIN_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="tools/standin.py"):
         load_policy("any/model", device="cpu")
+
+
+def test_standin_of_a_course_key_uses_its_own_architecture_and_the_zoo_keeps_it_apart(tmp_path, monkeypatch):
+    from alignlecture import zoo
+
+    root = _standin_dir(tmp_path)
+    rec = zoo.recipe("smollm2-positivity")
+    real_dir = zoo._dir(rec)
+    monkeypatch.setenv(models.STANDIN_ENV, str(root))
+    assert models.standin_dir("HuggingFaceTB/SmolLM2-1.7B-Instruct") == root
+    assert models.standin_dir(rec.base) == root  # no known/ subdirectory: everything is the one stand-in
+    known = root / "known" / rec.base
+    known.mkdir(parents=True)
+    for f in root.iterdir():
+        if f.is_file():
+            (known / f.name).write_bytes(f.read_bytes())
+    assert models.standin_dir(rec.base) == known and models.standin_dir("any/model") == root
+    assert zoo._dir(rec) != real_dir and zoo._dir(rec).name.startswith(real_dir.name + "-standin-")
+    monkeypatch.delenv(models.STANDIN_ENV)
+    assert models.standin_dir(rec.base) is None and zoo._dir(rec) == real_dir

@@ -145,7 +145,8 @@ def test_run_chapter_executes_cells_in_order_and_reports_the_failing_one(tmp_pat
     nb_dir = tmp_path / "notebooks"
     nb_dir.mkdir()
     good, bad = nb_dir / "good.ipynb", nb_dir / "bad.ipynb"
-    cells = ["x = 2", "import matplotlib.pyplot as plt\nplt.plot([1, x])", "assert x == 2\nprint('done', x)"]
+    cells = ["x = 2", "import matplotlib.pyplot as plt\nplt.plot([1, x])", "display(x)  # a kernel builtin chapters use",
+             "assert x == 2\nprint('done', x)"]
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), good)
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in ["y = 1", "1 / 0"]]), bad)
     script = root / "tools" / "run_chapter.py"
@@ -158,3 +159,20 @@ def test_run_chapter_executes_cells_in_order_and_reports_the_failing_one(tmp_pat
     failed = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1
     assert json.loads(failed.stdout.strip().splitlines()[-1])["error"] == "code cell 1: ZeroDivisionError: division by zero"
+
+
+def test_check_portable_refuses_to_empty_the_course_cache_or_the_repository(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    from alignlecture.models import cache_dir
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("check_portable", root / "tools" / "check_portable.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.unsafe(cache_dir().resolve())
+    assert module.unsafe(cache_dir().resolve().parent)  # holds the course cache
+    assert module.unsafe(root) and module.unsafe(root.parent) and module.unsafe(Path.home())
+    assert not module.unsafe(tmp_path / "scratch")
+    assert not module.unsafe(root / ".portable-cache")

@@ -90,7 +90,9 @@ def test_signed_never_prints_negative_zero():
     assert signed(-0.00004, 4) == "+0.0000"
     assert signed(-0.00006, 4) == "-0.0001"
     assert signed(0.0329) == "+0.0329"
-    assert signed(1.5, 0) in ("+2", "+1")  # banker's rounding either way, but a sign
+    assert signed(1.5, 0) == "+2" and signed(-2.5, 0) == "-2"  # Python's round: halves to even
+    with pytest.raises(ValueError, match="digits"):
+        signed(0.5, 1.5)
     with pytest.raises(ValueError, match="finite"):
         signed(float("nan"))
 
@@ -118,5 +120,7 @@ def test_scientific_hides_round_off_digits():
     assert scientific(4.5e-16, floor=1e-14) == "< 1e-14"
     with pytest.raises(ValueError, match="floor"):
         scientific(1.0, floor=0)
-    with pytest.raises(ValueError, match="NaN"):
-        scientific(float("nan"))
+    assert scientific(3e-12, floor=2.5e-12) == "3.0e-12" and scientific(2e-12, floor=2.5e-12) == "< 2.5e-12"
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            scientific(bad)

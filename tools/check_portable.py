@@ -7,7 +7,7 @@ different order). This script does exactly that — a fresh cache directory, ``-
 stored output that only the machine that wrote it can re-create fails here, before it fails for a reader.
 
 Run it after changing a chapter, the zoo or the trainer, before the change is merged. It takes as long as a
-cold `make test`'s notebook half (about 20–30 minutes on the course's 2-core machine).
+cold `make test`'s notebook half (about 25 minutes on the course's 2-core machine).
 """
 
 from __future__ import annotations
@@ -23,6 +23,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def unsafe(cache: Path) -> bool:
+    """Whether emptying ``cache`` would delete the course cache, the repository, or a directory holding either."""
+    sys.path.insert(0, str(ROOT))
+    from alignlecture.models import cache_dir
+
+    env = os.environ.get("ALIGNLECTURE_CACHE")
+    own = [cache_dir().resolve(), ROOT, Path.home()] + ([Path(env).expanduser().resolve()] if env else [])
+    return any(cache == p or cache in p.parents for p in own)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", help="notebooks to check")
@@ -33,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         parser.error(f"--threads must be a positive number of threads; got {args.threads}")
     cache = Path(args.cache).resolve()
-    if cache == Path.home() / ".cache" / "alignlecture" or cache in (ROOT, Path.home(), Path("/")):
-        parser.error(f"--cache {cache} would empty your own course cache; name a scratch directory")
+    if unsafe(cache):
+        parser.error(f"--cache {cache} is your course cache, or holds it or this repository; name a scratch "
+                     "directory of its own (it is emptied first)")
     shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True)
     threads = str(args.threads)

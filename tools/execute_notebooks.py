@@ -66,6 +66,8 @@ def execute(path: Path) -> float:
 
 def main(paths: list[str]) -> None:
     if paths[:1] == ["--sync-only"]:
+        if len(paths) == 1:
+            raise SystemExit("usage: execute_notebooks.py --sync-only NOTEBOOK.ipynb ...")
         for p in paths[1:]:
             sync(Path(p))
         return

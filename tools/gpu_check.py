@@ -3,11 +3,13 @@
 1. smoke checks — toy world, soft values, best-of-n, a tiny Llama's logprobs, generate and mixed decoding on CUDA,
    compared with the CPU;
 2. every chapter notebook on CUDA in the gpu profile, on a seeded random-init model of the profile's architecture
-   (SmolLM2-1.7B-Instruct's config, tools/standin/) with the real tokenizer: per chapter the wall time, the peak
-   GPU memory (torch.cuda.max_memory_allocated) and the peak host RSS, failing above 14 GB GPU / 11 GB host.
+   (SmolLM2-1.7B-Instruct's config, tools/standin/; the 135M course models at their own architecture) with the
+   real tokenizer: per chapter the wall time, the peak GPU memory (torch.cuda.max_memory_allocated) and the peak
+   host RSS, failing above 14 GB GPU / 11 GB host. The host figure includes the stand-in's own initialisation on
+   the CPU (fp32, so that its weights are the same on every device): an upper bound on a reader's.
 
 What the machine lacks is prepared here by `make gpu-check-prepare` into .gpu-check/ (the stand-in's config and
-tokenizer, and the pure-Python wheels named in tools/gpu_wheels.txt; a few MB) and carried there. Exits non-zero
+tokenizer, and the pure-Python wheels named in tools/gpu_wheels.txt; 18 MB) and carried there. Exits non-zero
 on any mismatch, failed chapter or memory over its limit. `--smoke-only` skips the chapters; `--allow-cpu` runs
 on a CPU (to test this script).
 """

@@ -36,8 +36,10 @@ def run(path: Path) -> dict:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    from IPython.display import display
+
     result = {"chapter": path.stem, "error": None}
-    namespace = {"__name__": "__main__"}
+    namespace = {"__name__": "__main__", "display": display}  # a kernel's builtin, used bare by chapters
     start = time.perf_counter()
     for i, source in enumerate(code_cells(path)):
         try:

