@@ -5,9 +5,9 @@ the signs of one block's query and key projections, which leaves every logit unc
 rotary embeddings are linear, so they commute with the sign), yet the 50/50 merge of the two equal models has
 Q = K = 0 in that block.
 
-Both functions hold as little extra memory as they can: ``flip_qk``'s twin owns only the flipped projections,
-and ``merge_parameters`` writes one merged tensor at a time and shares, rather than copies, every tensor that
-the merge gives back bit for bit. Their results share storage with their inputs; see ``copy_sharing``.
+Both functions avoid full copies: ``flip_qk``'s twin owns only the flipped projections, and ``merge_parameters``
+writes one merged tensor at a time (float64 temporaries of one tensor at a time) and shares, rather than copies,
+every tensor that the merge gives back bit for bit. Their results share storage with their inputs; see ``copy_sharing``.
 """
 
 from __future__ import annotations
@@ -78,9 +78,10 @@ def merge_parameters(policies: Sequence[Policy], weights: Sequence[float], *, na
     """The merged policy with parameters θ' = Σ_k w_k·θ_k (lecture §parameter merging); inputs are not changed.
 
     Each merged tensor is summed in float64 and cast back to the first policy's dtype, on the first policy's
-    device, one tensor at a time. A tensor that is the same memory in every input and comes back bit for bit
-    (weights summing to 1, e.g. a model merged with its ``flip_qk`` twin) is shared with the inputs instead of
-    copied: train the merged model only after ``copy.deepcopy(merged.model)``, or its steps change the inputs.
+    device, one tensor at a time. A tensor that is the same memory in every input and whose merge comes back
+    bit for bit equal to it (checked, not assumed: weights summing to 1 often round; 0.5/0.5 of a tensor with its
+    own memory is exact — the unflipped tensors of a model merged with its ``flip_qk`` twin) is shared with the
+    inputs instead of copied: train the merged model only after ``copy.deepcopy(merged.model)``, or its steps change the inputs.
     """
     policies = list(policies)
     if len(policies) < 2:
@@ -139,6 +140,8 @@ def flip_qk(policy: Policy, layers: Sequence[int] | None = None) -> Policy:
     bad = [i for i in layers if not -len(blocks) <= i < len(blocks)]
     if bad:
         raise ValueError(f"layers {bad} out of range for a model with {len(blocks)} blocks")
+    if len({i % len(blocks) for i in layers}) != len(layers):
+        raise ValueError(f"layers {layers} name a block twice (flipping it twice would undo the flip); list each once")
     for i in layers:
         attn = blocks[i].self_attn
         for proj in (attn.q_proj, attn.k_proj):

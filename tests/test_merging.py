@@ -229,3 +229,12 @@ def test_merge_holds_one_copy_and_one_tensor_of_float64_temporaries_at_most():
     flipped_bytes = 2 * a.model.model.layers[-1].self_attn.q_proj.weight.numel() * 4
     _, twin_peak = _LiveBytes().measure([a.model, twin.model], lambda: merge_parameters([a, twin], [0.5, 0.5]))
     assert twin_peak <= flipped_bytes + 2.5 * largest64  # only the flipped block is new memory
+
+
+def test_flip_qk_refuses_a_block_named_twice():
+    from alignlecture.merging import flip_qk
+    from alignlecture.models import tiny_policy
+
+    policy = tiny_policy(num_layers=2, device="cpu")
+    with pytest.raises(ValueError, match="name a block twice"):
+        flip_qk(policy, [1, -1])
