@@ -52,7 +52,8 @@ class FirstOrder:
 
 
 def first_order(g_w: torch.Tensor, g_l: torch.Tensor) -> FirstOrder:
-    """First-order Δ log π_w / c and Δ log π_l / c for the DPO step Δθ = c(∇w − ∇l), per pair ([..., D] → [...])."""
+    """First-order Δ log π_w / c and Δ log π_l / c for the DPO step Δθ = c(∇w − ∇l), per pair ([..., D] → [...]);
+    a Δ within round-off of zero is an exact tie, set to 0 (case 1) by ``_tie``."""
     g_w, g_l = _gradient_pair(g_w, g_l)
     inner, sq_w, sq_l = (g_w * g_l).sum(-1), (g_w * g_w).sum(-1), (g_l * g_l).sum(-1)
     delta_w, delta_l = _tie(sq_w - inner, sq_w + sq_l), _tie(inner - sq_l, sq_w + sq_l)
@@ -67,7 +68,8 @@ def _tie(delta: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     Two responses can have the same gradient exactly (the same tokens in another order, under parameters shared
     across positions); then Δ = ‖∇w‖² − ⟨∇w, ∇l⟩ is 0, and what floating point leaves of it is a ±1e-17 whose
     sign depends on the CPU's summation order — it would put the pair in case 1 on one machine and case 2 on
-    another. Anything within 64 ulps of the terms' size is that tie.
+    another. Anything within 64 ulps of the terms' size is treated as that tie — a heuristic threshold, far above
+    the round-off of the course's sums and far below any real difference in them.
     """
     return torch.where(delta.abs() <= 64 * torch.finfo(delta.dtype).eps * scale, 0.0, delta)
 
