@@ -689,21 +689,11 @@ def _shown_sources(path: Path) -> list[tuple[int, str, str]]:
 def test_stored_source_listings_match_the_package(path):
     """A chapter shows a function's source beside its equation; once the function changes, the stored listing
     is stale and nbval fails on every reader's machine. Caught here in a second, not after 20 minutes of nbval."""
-    import importlib
-
     from alignlecture._book import source
 
     stale = []
     for i, name, md in _shown_sources(path):
-        parts, obj = name.split("."), None
-        for k in range(len(parts), 0, -1):
-            try:
-                obj = importlib.import_module(".".join(parts[:k]))
-            except ImportError:
-                continue
-            for attr in parts[k:]:
-                obj = getattr(obj, attr)
-            break
+        obj = _used_in()._resolve(name)  # the one dotted-name resolver, shared with the 'Used in' extension
         assert obj is not None, f"code cell {i} lists {name}, which is not importable"
         if source(obj) not in md:
             stale.append(f"code cell {i}: {name}")
