@@ -59,7 +59,6 @@ nbval: $(STAMP)
 # one torch thread (stored outputs are written with every core), then strict nbval. Run it before merging a
 # change to a chapter, the zoo or the trainer.
 check-portable: $(STAMP)
-	$(RUN_ENV) $(PY) tools/check_notebooks.py $(NOTEBOOKS)
 	$(RUN_ENV) $(PY) tools/check_portable.py $(NOTEBOOKS)
 
 # Every notebook as a Colab reader runs it: a fresh venv with only the install cell's package (no extras) plus

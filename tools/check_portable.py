@@ -3,7 +3,7 @@
 A new machine has an empty course cache: it converts the model's GGUF, trains every zoo policy and draws every
 sample pool itself, and it may run torch with a different number of threads (so float reductions sum in a
 different order). This script does exactly that — a fresh cache directory, ``--threads`` torch threads (default
-1; `make notebooks` stores outputs with every core) — and runs strict ``pytest --nbval`` on the notebooks. A
+1; `make notebooks` stores outputs with every core) — and runs `make nbval` (strict ``pytest --nbval``) on them. A
 stored output that only the machine that wrote it can re-create fails here, before it fails for a reader.
 
 Run it after changing a chapter, the zoo or the trainer, before the change is merged. It takes as long as a
@@ -53,12 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"check-portable: fresh cache {cache}, {threads} torch thread(s), {len(args.notebooks)} notebooks",
           flush=True)
     start = time.perf_counter()
-    code = subprocess.call(
-        [sys.executable, "-m", "pytest", "--nbval", *args.notebooks, "--nbval-current-env",
-         "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), "--nbval-cell-timeout=900",
-         "-q", "-p", "no:cacheprovider"],
-        env=env, cwd=ROOT,
-    )
+    # the Makefile's own nbval recipe (the one `make test` runs), in this environment
+    code = subprocess.call([os.environ.get("MAKE", "make"), "--no-print-directory", "nbval",
+                            f"NOTEBOOKS={' '.join(args.notebooks)}"], env=env, cwd=ROOT)
     minutes = (time.perf_counter() - start) / 60
     print(f"check-portable: {'passed' if code == 0 else 'FAILED'} in {minutes:.1f} min "
           f"(fresh cache, {threads} thread(s))", flush=True)
