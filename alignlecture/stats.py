@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ._checks import finite_number, positive_finite, positive_int
+
 
 def _values(values) -> torch.Tensor:
     """The values as a flat float64 CPU tensor (statistics of a few numbers: a GPU tensor is copied over)."""
@@ -106,11 +108,8 @@ def signed(value: float, digits: int = 4) -> str:
     between machines and thread counts. Rounding first and giving every zero a plus sign makes the printed text
     the same wherever it is computed.
     """
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"value must be a finite number; got {value!r}")
-    if isinstance(digits, bool) or not isinstance(digits, int) or digits < 0:
-        raise ValueError(f"digits must be a non-negative int (decimals); got {digits!r}")
+    value = finite_number(value, "value")
+    digits = positive_int(digits, "digits", minimum=0, meaning="decimals")
     rounded = round(value, digits)
     return f"{(rounded if rounded != 0 else 0.0):+.{digits}f}"
 
@@ -122,9 +121,7 @@ def at_most(value: float, bound: float, what: str = "") -> str:
     trained weights, say): the page states the bound it checked, not digits that another machine would not
     re-create. ``bound`` is a fraction printed as a percentage when below 1 (0.01 → '≤ 1 %').
     """
-    value, bound = float(value), float(bound)
-    if not math.isfinite(bound) or bound <= 0:
-        raise ValueError(f"bound must be a positive finite number; got {bound!r}")
+    value, bound = float(value), positive_finite(bound, "bound")
     if not math.isfinite(value) or not 0 <= value <= bound:
         label = f" {what}" if what else ""
         raise AssertionError(f"the measured{label} {value:.3g} is not within [0, {bound:g}]")
@@ -139,11 +136,7 @@ def scientific(value: float, floor: float = 1e-12, digits: int = 1) -> str:
     vector width changes the order of the sums): those digits are not a result, and a page that prints them
     cannot be re-created elsewhere. Above ``floor`` the number is printed with ``digits`` decimals.
     """
-    value, floor = float(value), float(floor)
-    if not math.isfinite(floor) or floor <= 0:
-        raise ValueError(f"floor must be a positive finite number such as 1e-12; got {floor!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"value must be a finite number (a KL, an error); got {value!r}")
-    if isinstance(digits, bool) or not isinstance(digits, int) or digits < 0:
-        raise ValueError(f"digits must be a non-negative int (decimals of the mantissa); got {digits!r}")
+    floor = positive_finite(floor, "floor", "the round-off floor, such as 1e-12")
+    value = finite_number(value, "value", "a KL or an error")
+    digits = positive_int(digits, "digits", minimum=0, meaning="decimals of the mantissa")
     return f"< {floor:g}" if abs(value) < floor else f"{value:.{digits}e}"
