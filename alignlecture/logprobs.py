@@ -69,7 +69,7 @@ def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, completi
     return CompletionLogprobs(per_token=per_token, per_sequence=per_token.sum(dim=1))
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether a (possibly wrapped) Hugging Face model's forward takes ``logits_to_keep``."""
     inner = getattr(model, "module", model)  # DistributedDataParallel
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
@@ -105,7 +105,7 @@ def completion_logprobs(
     """log π(y_t | x, y_<t) per completion token and log π(y | x) = their sum, from one forward pass."""
     check_masks(input_ids, attention_mask, completion_mask)
     kwargs = {}
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         # project only from the first position that predicts a completion token: the prompt part of a
         # batch never goes through the (vocabulary-sized) LM head
         first = int(completion_mask.long().argmax(dim=1).min()) - 1

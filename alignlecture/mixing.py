@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
-from .logprobs import _accepts_logits_to_keep, position_ids_from_mask, prompt_token_ids
+from .logprobs import accepts_logits_to_keep, position_ids_from_mask, prompt_token_ids
 from .models import _seeded
 from ._checks import finite_number, float_tensors_alike, mixable, positive_finite
 from .toy import check_beta
@@ -89,7 +89,7 @@ class _CachedModel:
 
         self.policy, self.vocab_size = policy, vocab_size
         self.cache = DynamicCache(config=policy.model.config)
-        self.keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(policy.model) else {}
+        self.keep = {"logits_to_keep": 1} if accepts_logits_to_keep(policy.model) else {}
         inner = getattr(policy.model, "get_base_model", lambda: policy.model)()  # peft wraps the model
         params = inspect.signature(inner.forward).parameters  # transformers ≥ 5.2x renamed past_key_values
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
