@@ -31,6 +31,7 @@ _SUBMODULES = (
     "stats",
     "merging",
     "mixing",
+    "decoding",
     "qfunction",
     "bon",
     "entanglement",

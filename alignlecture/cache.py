@@ -1,4 +1,9 @@
-"""Results worth keeping between runs — pools of sampled generations, scored features — cached like the zoo.
+"""The course cache directory, and results worth keeping between runs — pools of sampled generations, scored
+features — cached in it like the zoo.
+
+``cache_dir()`` is the one place the course's cache lives: ``ALIGNLECTURE_CACHE``, else
+``$XDG_CACHE_HOME/alignlecture`` (``~/.cache/alignlecture``); the converted model, the zoo and every ``memo`` result
+are stored under it.
 
 ``memo(kind, key, compute)`` runs ``compute()`` once for a given key and stores the result under
 ``cache_dir()/kind/<hash>.pt`` (written to a temporary file, then renamed: a crash leaves nothing half
@@ -24,6 +29,15 @@ from pathlib import Path
 import torch
 
 
+def cache_dir() -> Path:
+    """The course cache: ``ALIGNLECTURE_CACHE`` or ``$XDG_CACHE_HOME/alignlecture`` (~/.cache/alignlecture)."""
+    env = os.environ.get("ALIGNLECTURE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "alignlecture"
+
+
 def key_hash(key: dict) -> str:
     """A short hash of a JSON-serialisable key (sorted, so dict order does not matter)."""
     if not isinstance(key, dict):
@@ -37,8 +51,6 @@ def key_hash(key: dict) -> str:
 
 def path(kind: str, key: dict) -> Path:
     """Where ``memo`` stores the result for ``key``."""
-    from .models import cache_dir
-
     if not kind or "/" in kind or kind.startswith("."):
         raise ValueError(f"kind must be a plain folder name such as 'generations'; got {kind!r}")
     return cache_dir() / kind / f"{key_hash(key)}.pt"

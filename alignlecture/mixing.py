@@ -12,11 +12,11 @@ Caches. Every policy formats and tokenises its own prompt (its own chat template
 batch, so prompts may differ in length per model. After the prompt each model is fed the same chosen token
 every step: the caches hold different prompts but the same continuation. Positions count real tokens only
 (``logprobs.position_ids_from_mask``); a row that has emitted eos is fed pad tokens with attention mask 0.
+Each model's side of that lockstep is a ``decoding.CachedDecoder``, the decoder guided search uses too.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
-from .logprobs import accepts_logits_to_keep, position_ids_from_mask, prompt_token_ids
-from .models import _seeded
+from .decoding import CachedDecoder
+from .logprobs import prompt_token_ids
+from .models import seeded
 from ._checks import finite_number, float_tensors_alike, mixable, positive_finite
 from .toy import check_beta
 
@@ -81,73 +82,12 @@ def check_same_vocabulary(policies: Sequence) -> int:
     return len(first)
 
 
-class _CachedModel:
-    """One model's side of a mixed decode: its own left-padded prompt, KV cache, attention mask and positions."""
-
-    def __init__(self, policy, vocab_size: int):
-        from transformers import DynamicCache
-
-        self.policy, self.vocab_size = policy, vocab_size
-        self.cache = DynamicCache(config=policy.model.config)
-        self.keep = {"logits_to_keep": 1} if accepts_logits_to_keep(policy.model) else {}
-        inner = getattr(policy.model, "get_base_model", lambda: policy.model)()  # peft wraps the model
-        params = inspect.signature(inner.forward).parameters  # transformers ≥ 5.2x renamed past_key_values
-        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
-
-    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        out = self.policy.model(
-            input_ids=input_ids, attention_mask=self.mask, position_ids=position_ids,
-            use_cache=True, **{self.cache_kwarg: self.cache}, **self.keep,
-        )
-        logits = out.logits[:, -1].float()  # [B, vocab of the model]
-        if logits.shape[-1] < self.vocab_size:
-            raise ValueError(
-                f"{self.policy.name!r} has {logits.shape[-1]} logits but its tokenizer has {self.vocab_size} tokens; "
-                "resize the model's embeddings to len(tokenizer)"
-            )
-        # normalised over the model's full width (as logprobs.completion_logprobs), then cut: padded ids never win
-        return torch.log_softmax(logits, dim=-1)[:, : self.vocab_size]
-
-    def start(self, rows: list[list[int]]) -> torch.Tensor:
-        """Prefill the prompts (left-padded); returns log π(·|x) for the first new token, [B, vocab]."""
-        width, device = max(len(r) for r in rows), self.policy.device
-        pad = self.policy.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        self.mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        self.next_position = self.mask.sum(dim=1, keepdim=True)  # [B, 1]
-        return self._forward(ids, position_ids_from_mask(self.mask))
-
-    def step(self, tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (``real`` False: a pad after eos, masked out); returns the next log-probs."""
-        device = self.policy.device
-        self.mask = torch.cat([self.mask, real.to(device=device, dtype=self.mask.dtype)[:, None]], dim=1)
-        logp = self._forward(tokens.to(device)[:, None], self.next_position)
-        self.next_position = self.next_position + 1
-        return logp
-
-    def branch(self, rows: torch.Tensor) -> "_CachedModel":
-        """A copy holding rows ``rows`` of this batch (repeats allowed), e.g. k lookahead branches per prompt.
-
-        The copy's KV cache starts as the selected rows of this one (the shared prefix is not recomputed) and
-        grows on its own: stepping the copy leaves this model's cache, mask and positions untouched.
-        """
-        import copy
-
-        twin = copy.copy(self)
-        twin.cache = copy.copy(self.cache)
-        twin.cache.layers = [copy.copy(layer) for layer in self.cache.layers]
-        rows = rows.to(self.mask.device)
-        twin.cache.batch_select_indices(rows)  # indexing makes new tensors: the original rows are not written to
-        twin.mask, twin.next_position = self.mask[rows], self.next_position[rows]
-        return twin
-
-
 @torch.inference_mode()
 def next_token_logprobs(policy, prompts: list[str], *, chat: bool = True) -> torch.Tensor:
     """log π(· | x) of the first response token for each prompt, [B, len(tokenizer)] (the decoder's prefill step)."""
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be a non-empty list of str (wrap a single prompt in a list)")
-    model = _CachedModel(policy, check_same_vocabulary([policy]))
+    model = CachedDecoder(policy, check_same_vocabulary([policy]))
     return model.start([prompt_token_ids(policy, p, chat=chat) for p in prompts])
 
 
@@ -210,11 +150,11 @@ def generate_mixed(
     vocab_size = check_same_vocabulary(policies)
     tok = policies[0].tokenizer
     eos, pad, device = tok.eos_token_id, tok.pad_token_id, policies[0].device
-    models = [_CachedModel(p, vocab_size) for p in policies]
+    models = [CachedDecoder(p, vocab_size) for p in policies]
     logps = [m.start([prompt_token_ids(m.policy, p, chat=chat) for p in prompts]).to(device) for m in models]
     alive = torch.ones(len(prompts), dtype=torch.bool, device=device)
-    is_eos, chosen, per_model, mixed = torch.arange(vocab_size, device=device) == eos, [], [], []
-    with _seeded(seed):
+    is_eos, chosen, per_model = torch.arange(vocab_size, device=device) == eos, [], []
+    with seeded(seed):
         for t in range(max_new_tokens):
             mix = mix_logprobs(logps, w)  # [B, vocab]
             scores = mix.masked_fill(is_eos, -math.inf) if t < min_new_tokens else mix
@@ -247,7 +187,7 @@ class MixingLogitsProcessor(LogitsProcessor):
         self.vocab_size = check_same_vocabulary(policies)
         self.prompts, self.chat = list(prompts), chat
         self.primary = policies[0]
-        self.others = [_CachedModel(p, self.vocab_size) for p in policies[1:]]
+        self.others = [CachedDecoder(p, self.vocab_size) for p in policies[1:]]
         self.start_length: int | None = None  # the primary's padded prompt length, seen at the first call
 
     def generate_inputs(self) -> dict[str, torch.Tensor]:

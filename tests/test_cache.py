@@ -10,6 +10,17 @@ def _tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNLECTURE_CACHE", str(tmp_path))
 
 
+def test_cache_dir_is_the_environment_override_else_alignlecture_under_the_xdg_cache(tmp_path, monkeypatch):
+    assert cache.cache_dir() == tmp_path  # ALIGNLECTURE_CACHE, set by the fixture above
+    monkeypatch.delenv("ALIGNLECTURE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "xdg" / "alignlecture"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "alignlecture"
+    assert cache.path("pools", {"a": 1}).parent == cache.cache_dir() / "pools"
+
+
 def test_memo_computes_once_and_reloads_the_same_value():
     calls = []
 

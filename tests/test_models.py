@@ -18,7 +18,8 @@ import torch
 
 from alignlecture import models
 from alignlecture.logprobs import completion_logprobs, encode_ids, encode_pairs, sequence_logprobs
-from alignlecture.models import generate, is_offline, load_policy, save_converted, tiny_policy
+from alignlecture.checkpoint import save_converted
+from alignlecture.models import generate, is_offline, load_policy, tiny_policy
 
 KEY = "smollm2-135m-instruct"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
@@ -131,31 +132,6 @@ def test_cached_load_has_exactly_the_converted_weights(converted):
 @pytest.mark.parametrize("which", ["first", "second"])
 def test_lm_head_is_tied_to_embed_tokens(converted, which):
     assert _tied(getattr(converted, which).model)
-
-
-# ---------------------------------------------------------------------------------------------- save_converted
-def test_save_converted_is_atomic_when_the_weights_write_fails(tiny, tmp_path, monkeypatch):
-    import safetensors.torch  # save_converted does `from safetensors.torch import save_file` at call time
-
-    def failing_save_file(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half a file")
-        raise RuntimeError("simulated disk full mid-write")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", failing_save_file)
-    target = tmp_path / "models" / "tiny"
-    with pytest.raises(RuntimeError, match="simulated disk full"):
-        save_converted(tiny.model, tiny.tokenizer, target)
-    assert not target.exists()
-    assert list(target.parent.iterdir()) == []  # no temp dir left behind
-
-
-def test_save_converted_onto_an_existing_copy_keeps_it_and_leaves_no_temp_dir(tiny, tmp_path):
-    target = tmp_path / "tiny"
-    save_converted(tiny.model, tiny.tokenizer, target)
-    before = {p.name: p.read_bytes() for p in target.iterdir()}
-    assert save_converted(tiny.model, tiny.tokenizer, target) == target  # a concurrent writer that lost the race
-    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]
 
 
 # ---------------------------------------------------------------------------------------------- local directories

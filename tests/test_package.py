@@ -165,7 +165,7 @@ def test_check_portable_refuses_to_empty_the_course_cache_or_the_repository(tmp_
     import importlib.util
     from pathlib import Path
 
-    from alignlecture.models import cache_dir
+    from alignlecture.cache import cache_dir
 
     root = Path(__file__).resolve().parent.parent
     spec = importlib.util.spec_from_file_location("check_portable", root / "tools" / "check_portable.py")

@@ -10,7 +10,7 @@ import torch
 
 from alignlecture.bon import kl_divergence
 from alignlecture.logprobs import completion_logprobs, encode_ids, prompt_token_ids
-from alignlecture.mixing import _CachedModel, check_same_vocabulary, generate_mixed
+from alignlecture.mixing import generate_mixed
 from alignlecture.models import Policy
 from alignlecture.qfunction import soft_values
 from alignlecture.search import (
@@ -152,32 +152,6 @@ def test_check_temperature_accepts_zero_and_positive():
 
 
 # ---------------------------------------------------------------------------------------------- real models
-def test_branch_leaves_the_parent_cache_untouched(sharp):
-    vocab = check_same_vocabulary([sharp])
-    rows = [prompt_token_ids(sharp, p, chat=False) for p in PROMPTS]
-    parent, fresh = _CachedModel(sharp, vocab), _CachedModel(sharp, vocab)
-    first = parent.start(rows)
-    fresh.start(rows)
-    child = parent.branch(torch.tensor([2, 0, 0, 1]))
-    for tok in (5, 7, 9):
-        child.step(torch.full((4,), tok), torch.ones(4, dtype=torch.bool))
-    tokens = first.argmax(dim=-1)
-    real = torch.ones(len(PROMPTS), dtype=torch.bool)
-    assert torch.equal(parent.step(tokens, real), fresh.step(tokens, real))
-
-
-def test_branched_rows_continue_like_their_parent_rows(sharp):
-    vocab = check_same_vocabulary([sharp])
-    rows = [prompt_token_ids(sharp, p, chat=False) for p in PROMPTS]
-    parent = _CachedModel(sharp, vocab)
-    parent.start(rows)
-    child = parent.branch(torch.tensor([2, 0]))
-    tok, real = torch.tensor([5, 6]), torch.ones(2, dtype=torch.bool)
-    got = child.step(tok, real)
-    want = parent.step(torch.tensor([6, 0, 5]), torch.ones(3, dtype=torch.bool))[[2, 0]]
-    assert torch.allclose(got, want, atol=1e-5)
-
-
 def test_k_one_is_plain_greedy_decoding(sharp):
     search = guided_search(sharp, likes_good, PROMPTS, k=1, depth=2, max_new_tokens=6, chat=False)
     greedy = generate_mixed([sharp], [1.0], PROMPTS, max_new_tokens=6, do_sample=False, chat=False)
