@@ -20,7 +20,7 @@ def _why(meaning: str) -> str:
 def positive_finite(value, name: str, meaning: str = "") -> float:
     """A positive finite real number, e.g. β, a temperature, a learning rate."""
     try:
-        ok = not isinstance(value, bool) and math.isfinite(float(value)) and float(value) > 0
+        ok = not isinstance(value, (bool, str, bytes)) and math.isfinite(float(value)) and float(value) > 0
     except (TypeError, ValueError):
         ok = False
     if not ok:

@@ -42,6 +42,31 @@ class sigma(sp.Function):
         return rf"{base}^{{{exp}}}" if exp else base
 
 
+class TeX(sp.Symbol):
+    """A symbol printed as the LaTeX it is named with, e.g. ``TeX(r"\\partial_\\theta\\mathcal{L}")`` for a
+    derivation's left-hand side."""
+
+    def _latex(self, printer):
+        return self.name
+
+
+def implicit_reward(y: str, ell: sp.Expr, log_ref: sp.Expr, beta: sp.Expr, theta: sp.Symbol) -> sp.Expr:
+    """r̂_y(θ) = β(ℓ_y(θ) − log π_ref(y)) as one sympy function of θ printed r̂_y, whose derivative sympy knows:
+    r̂′ = β ℓ′ (the identity is checked before it is returned). Lets a derivation keep r̂ folded while
+    differentiating through it, as the lecture writes the DPO gradient."""
+
+    def fdiff(self, argindex=1):
+        return beta * sp.diff(ell, theta)
+
+    def _latex(self, printer, exp=None):
+        return rf"\hat r_{y}" if exp is None else rf"\hat r_{y}^{{{exp}}}"
+
+    r = type(f"rhat_{y}", (sp.Function,), {"fdiff": fdiff, "_latex": _latex})(theta)
+    if sp.simplify(sp.diff(r, theta) - sp.diff(beta * (ell - log_ref), theta)) != 0:
+        raise DerivationError(f"r̂_{y}′ is not the derivative of β(ℓ − log π_ref)")
+    return r
+
+
 class DerivationError(AssertionError):
     """A step of a derivation does not follow from the previous one."""
 

@@ -6,18 +6,20 @@ and DPO minimises −log σ(r̂(x, y_w) − r̂(x, y_l)) (lecture §DPO, policy 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from ._checks import positive_finite
+from .logprobs import sequence_logprobs, tokenize_pairs
+from .preferences import expected_bt_loss, preference_columns
+from .toy import check_beta
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
 
 def check_dpo_args(beta: float, loss_type: str, label_smoothing: float) -> None:
     """β > 0 and finite, a known loss type, label smoothing ε ∈ [0, 0.5)."""
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be a positive finite number (the KL coefficient); got {beta!r}")
+    positive_finite(beta, "beta", "the KL coefficient")
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
     if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 0.5):
@@ -73,6 +75,12 @@ def dpo_loss(
     return losses, chosen_rewards, rejected_rewards
 
 
+def dpo_weight(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta: float) -> torch.Tensor:
+    """c/η = β σ(r̂_l − r̂_w) per pair, r̂ = β(log π − log π_ref): minus the DPO loss's derivative in log π_w
+    (lecture §Rethinking DPO) — how hard one gradient step pushes the pair; near β while the policy ranks it wrong."""
+    return beta * torch.sigmoid(beta * ((logp_rejected - ref_rejected) - (logp_chosen - ref_chosen)))
+
+
 def dpo_metrics(
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,
@@ -99,9 +107,6 @@ def evaluate(policy, ref_policy, dataset, *, beta: float = 0.1, loss_type: str =
     completion, completions cut at ``max_length`` tokens with the prompt as the trainer does). ``dataset``: any
     form ``train.DPOTrainer`` accepts.
     """
-    from .logprobs import sequence_logprobs, tokenize_pairs
-    from .train import preference_columns
-
     check_dpo_args(beta, loss_type, label_smoothing)
     prompts, chosen, rejected = preference_columns(dataset)
     kw = dict(chat=chat, max_length=max_length, batch_size=batch_size)
@@ -126,9 +131,6 @@ def tabular_dpo(world, pi_ref, rewards: torch.Tensor, beta: float, *, scale: flo
     Pairs (y1, y2) are weighted by π_ref(y1)·π_ref(y2) and labelled with the exact Bradley–Terry probability
     σ(scale·(r1 − r2)); the implicit reward is β·log π_θ/π_ref. Returns (policy, losses).
     """
-    from .preferences import expected_bt_loss
-    from .toy import check_beta
-
     check_beta(beta)
     rewards = world.check_values(rewards, "rewards")
     probs_ref, logp_ref = pi_ref.probs(), pi_ref.sequence_logprobs()

@@ -18,6 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import finite, nonzero_norms, one_of, positive_finite, positive_int, same_shape
+from .dpo import dpo_weight
+from .logprobs import logprobs_from_hidden, pad_rows, pad_states, position_ids_from_mask, tokenize_pairs
+from .per_example import RowGradients, only_trainable
+from .top_blocks import TopLayers
 from .toy import DTYPE, TabularPolicy
 
 
@@ -145,9 +149,7 @@ def dpo_weights(pi, pi_ref, chosen, rejected, beta: float) -> torch.Tensor:
     """c/η = β σ(r̂_l − r̂_w) per pair, with r̂ = β log π/π_ref (exact, toy world), Tensor [M]."""
     beta = positive_finite(beta, "beta", "the KL coefficient")
     pi.world._check_own(pi_ref, "pi_ref")
-    r_w = beta * (pi.logprobs(chosen) - pi_ref.logprobs(chosen))
-    r_l = beta * (pi.logprobs(rejected) - pi_ref.logprobs(rejected))
-    return beta * torch.sigmoid(r_l - r_w)
+    return dpo_weight(pi.logprobs(chosen), pi.logprobs(rejected), pi_ref.logprobs(chosen), pi_ref.logprobs(rejected), beta)
 
 
 def dpo_direction(pi, pi_ref, chosen, rejected, beta: float, *, features=None, normalized: bool = False):
@@ -253,193 +255,16 @@ def _encoded(pi, responses):
 
 
 # ---------------------------------------------------------------------------------------------- real models
-class RowGradients:
-    """Every row's gradient ∇_θ log π(row r) from ONE batched backward pass (the per-example gradient trick).
-
-    Rows of a batch do not interact, so the gradient of Σ_r log π_r with respect to a layer's output, read at
-    row r, is row r's own δ_r; a linear layer's gradient for row r is then δ_rᵀ x_r (x_r: the layer's input
-    for that row), and an RMSNorm weight's is Σ_t δ_r,t ∘ x̂_r,t. Hooks record x and the output during the
-    forward; :meth:`gram`, :meth:`square_norms` and :meth:`combine` build the per-row quantities from them,
-    never the [rows, D] matrix of gradients at once. Covers nn.Linear (top blocks, LoRA's A and B) and
-    RMSNorm weights; any other trainable parameter is refused with the alternative named.
-
-    >>> with RowGradients(module, params) as rows:
-    ...     logps = ...  # forward of a batch, Tensor [R]
-    >>> rows.gram(logps)  # ⟨∇_r, ∇_s⟩, Tensor [R, R] float64
-    """
-
-    def __init__(self, module: torch.nn.Module, params):
-        self.params = list(params)
-        owner, missing = _owners(module, self.params)
-        if missing:
-            raise ValueError(f"{len(missing)} trainable parameter(s) (shapes {missing[:3]}) are not the weight or bias "
-                             "of one nn.Linear or the weight of one RMSNorm (embeddings and tied weights are not), "
-                             "so one pass cannot give per-row gradients for them; train the top blocks (trainable_layers) or LoRA, or take one pass per row")
-        self.modules = list({id(m): (m, kind) for m, kind, _ in owner.values()}.values())
-        self.owner = owner
-        self.calls: dict[int, list] = {id(m): [] for m, _ in self.modules}
-        self._hooks, self._delta = [], None
-
-    @staticmethod
-    def supports(module: torch.nn.Module, params) -> bool:
-        """Whether every parameter in ``params`` is an nn.Linear weight/bias or an RMSNorm weight of ``module``."""
-        return not _owners(module, list(params))[1]
-
-    def __enter__(self):
-        self.calls, self._delta = {id(m): [] for m, _ in self.modules}, None  # a new forward, a new record
-        for m, _ in self.modules:
-            self._hooks.append(m.register_forward_hook(self._record))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-
-    def _record(self, module, args, output):
-        self.calls[id(module)].append((args[0].detach(), output))
-
-    def _factors(self, logps: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Per module: (input x, output gradient δ), each [R, N, features], calls joined along N."""
-        if self._delta is not None and self._delta[0] is logps:
-            return self._delta[1]
-        if not isinstance(logps, torch.Tensor) or logps.dim() != 1 or not logps.requires_grad:
-            raise ValueError("logps must be the batch's log-probs, a Tensor [R] with gradient, from the forward "
-                             "run inside this `with RowGradients(...)` block")
-        outputs = [(i, x, out) for i, calls in self.calls.items() for x, out in calls]
-        if not outputs:
-            raise ValueError("no hooked layer ran: run the forward inside the `with RowGradients(...)` block")
-        for _, x, _ in outputs:
-            if x.shape[0] != len(logps):
-                raise ValueError(f"a hooked layer saw a batch of {x.shape[0]} rows but logps has {len(logps)}; "
-                                 "per-row gradients need every trainable layer to keep the batch dimension first")
-        grads = torch.autograd.grad(logps.sum(), [o for _, _, o in outputs], retain_graph=True, allow_unused=True)
-        factors: dict[int, list] = {}
-        kinds = {id(m): (m, kind) for m, kind in self.modules}
-        for (i, x, out), d in zip(outputs, grads):
-            d = torch.zeros_like(out) if d is None else d.detach()
-            m, kind = kinds[i]
-            if kind == "norm":
-                x = _rms_normalized(m, x)
-            wide = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 activations: sums in float32 at least
-            x, d = x.to(wide), d.to(wide)
-            factors.setdefault(i, []).append((x.reshape(len(logps), -1, x.shape[-1]), d.reshape(len(logps), -1, d.shape[-1])))
-        joined = {i: (torch.cat([a for a, _ in f], 1), torch.cat([b for _, b in f], 1)) for i, f in factors.items()}
-        self._delta = (logps, joined)
-        return joined
-
-    def _per_row(self, p, factors) -> torch.Tensor:
-        """Row r's gradient of parameter p, Tensor [R, *p.shape]: Σ_t δ_t x_tᵀ, Σ_t δ_t or Σ_t δ_t ∘ x̂_t."""
-        m, kind, name = self.owner[id(p)]
-        x, d = factors[id(m)]
-        if kind == "norm":
-            return (d * x).sum(1)
-        return d.sum(1) if name == "bias" else torch.einsum("rno,rni->roi", d, x)
-
-    def gram(self, logps: torch.Tensor) -> torch.Tensor:
-        """⟨∇ log π_r, ∇ log π_s⟩ over the parameters, Tensor [R, R] float64 (one parameter at a time)."""
-        factors = self._factors(logps)
-        gram = torch.zeros(len(logps), len(logps), dtype=DTYPE, device=logps.device)
-        for p in self.params:
-            gram += _gram64(self._per_row(p, factors).reshape(len(logps), -1))
-        return gram
-
-    def square_norms(self, logps: torch.Tensor) -> torch.Tensor:
-        """‖∇ log π_r‖² per row, Tensor [R] float64; a linear weight's norm from token products when that is cheaper:
-        ‖δ_rᵀ x_r‖² = Σ_{t,u} (x_t·x_u)(δ_t·δ_u)."""
-        factors = self._factors(logps)
-        out = torch.zeros(len(logps), dtype=DTYPE, device=logps.device)
-        for p in self.params:
-            m, kind, name = self.owner[id(p)]
-            x, d = factors[id(m)]
-            if kind == "linear" and name == "weight" and x.shape[1] * (x.shape[2] + d.shape[2]) < x.shape[2] * d.shape[2]:
-                out += ((x @ x.transpose(1, 2)).double() * (d @ d.transpose(1, 2)).double()).sum((1, 2))
-            else:
-                out += _gram64(self._per_row(p, factors).reshape(len(logps), -1), diagonal=True)
-        return out
-
-    def combine(self, alpha: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
-        """Σ_r α_r ∇ log π_r as one flat vector [D] in the order of ``params`` (what ``PairGradients.apply`` takes)."""
-        factors = self._factors(logps)
-        alpha = finite(alpha, "alpha")
-        if alpha.shape != logps.shape:
-            raise ValueError(f"alpha must have one weight per row, shape {tuple(logps.shape)}; got {tuple(alpha.shape)}")
-        parts = []
-        for p in self.params:
-            m, _, _ = self.owner[id(p)]
-            x, d = factors[id(m)]
-            weighted = {id(m): (x, d * alpha.to(d.dtype)[:, None, None])}
-            parts.append(self._per_row(p, weighted).sum(0).reshape(-1))
-        return torch.cat(parts)
-
-
-@contextmanager
-def _only_trainable(model: torch.nn.Module, params):
-    """Only ``params`` require grad while the block runs; the model's own flags are restored after."""
-    flags = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for p in flags:
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-
-
-def _gram64(g: torch.Tensor, *, diagonal: bool = False, chunk: int = 1 << 12) -> torch.Tensor:
-    """g gᵀ (or its diagonal) for g [R, N], float64: float32 products over chunks of N, summed in float64 (one
-    float32 sum over 10⁶ terms drifts by ~1e-4; over 2¹² it stays near rounding)."""
-    shape = (g.shape[0],) if diagonal else (g.shape[0], g.shape[0])
-    out = torch.zeros(shape, dtype=DTYPE, device=g.device)
-    for start in range(0, g.shape[1], chunk):
-        part = g[:, start : start + chunk]
-        out += (part.double() ** 2).sum(1) if diagonal else (part @ part.T).double()
-    return out
-
-
-def _owners(module, params) -> tuple[dict, list]:
-    """Which module (and kind, attribute name) owns each parameter; the shapes of those no supported module owns."""
-    owner, elsewhere, wanted = {}, set(), {id(p) for p in params}
-    for m in module.modules():
-        kind = "linear" if isinstance(m, torch.nn.Linear) else "norm" if _is_rms_norm(m) else None
-        for name, p in m.named_parameters(recurse=False):
-            if id(p) in wanted:
-                if kind and id(p) not in owner:
-                    owner[id(p)] = (m, kind, name)
-                else:  # an unsupported module, or a second one (tied weights): its share would be missed
-                    elsewhere.add(id(p))
-    return owner, [tuple(p.shape) for p in params if id(p) not in owner or id(p) in elsewhere]
-
-
-def _is_rms_norm(m) -> bool:
-    """An RMSNorm with a weight (Llama, Qwen, Mistral …): out = w ∘ x/√(mean x² + ε)."""
-    return type(m).__name__.endswith("RMSNorm") and isinstance(getattr(m, "weight", None), torch.nn.Parameter)
-
-
-def _rms_normalized(m, x: torch.Tensor) -> torch.Tensor:
-    """x̂ = x/√(mean x² + ε) as the module computes it (in float32, back to x's dtype)."""
-    eps = getattr(m, "variance_epsilon", getattr(m, "eps", None))
-    if eps is None:
-        raise ValueError(f"{type(m).__name__} has no variance_epsilon or eps attribute; cannot recompute its input's norm")
-    h = x.to(torch.float32)
-    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
 class PairGradients:
     """Per-pair ∇ log π(y_w|x), ∇ log π(y_l|x) over the top k blocks (+ final norm) of a Llama-family LM.
 
-    The frozen lower blocks run once and their outputs are cached (as in ``train.TopLayers``); each response
+    The frozen lower blocks run once and their outputs are cached (``top_blocks.TopLayers``); each response
     then costs one forward and one backward through the top k blocks, scored by ``logprobs_from_hidden``.
     Summed completion log-probs with eos appended, like the trainer and TRL. Weights change only in ``apply``.
     """
 
     def __init__(self, policy, prompts, chosen, rejected, *, top_k: int = 2, chat: bool = True,
                  max_length: int = 256, batch_size: int = 16):
-        from .logprobs import tokenize_pairs
-        from .train import TopLayers
-
         self.policy, self.n = policy, len(prompts)
         if not (len(prompts) == len(chosen) == len(rejected)):
             raise ValueError(f"got {len(prompts)} prompts, {len(chosen)} chosen, {len(rejected)} rejected; "
@@ -453,8 +278,6 @@ class PairGradients:
     @torch.no_grad()
     def _cache(self, batch_size: int) -> list[torch.Tensor]:
         """Input of the first trainable block for every row, [S_i, hidden] each (frozen blocks run once)."""
-        from .logprobs import position_ids_from_mask
-
         base, first = self.policy.model.model, {}
         for i, row in enumerate(self.rows):  # a response shared by several pairs runs once
             first.setdefault(tuple(row), i)
@@ -470,15 +293,11 @@ class PairGradients:
 
     def _padded(self, idx) -> dict[str, torch.Tensor]:
         """Rows ``idx`` right-padded (``logprobs.pad_rows``), on the policy's device."""
-        from .logprobs import pad_rows
-
         b = pad_rows([self.rows[i] for i in idx], [self.masks[i] for i in idx], self.policy.tokenizer.pad_token_id)
         return {k: v.to(self.policy.device) for k, v in b.items()}
 
     def _row(self, i: int) -> torch.Tensor:
         """log π(row i) through the top blocks (differentiable in ``params``), Tensor []."""
-        from .logprobs import logprobs_from_hidden
-
         dev = self.hidden[i].device
         ids, mask = torch.tensor([self.rows[i]], device=dev), torch.tensor([self.masks[i]], device=dev)
         final = self.top(self.hidden[i][None], torch.ones_like(ids))
@@ -512,7 +331,7 @@ class PairGradients:
         row of G (LongTensors [k]) — one forward+backward per distinct response (the reference path)."""
         first, w, l = self._distinct(pairs)
         grads, logps = [], []
-        with _only_trainable(self.policy.model, self.params):
+        with only_trainable(self.policy.model, self.params):
             for i in first:
                 lp = self._row(i)
                 grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(lp, self.params)]))
@@ -522,12 +341,10 @@ class PairGradients:
     def row_gradients(self, pairs) -> tuple[RowGradients, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The distinct responses of ``pairs`` in ONE batched forward: (their :class:`RowGradients`, log π [m] with
         gradient, each pair's chosen and rejected position [k]) — Gram matrix and steps without per-row passes."""
-        from .logprobs import logprobs_from_hidden, pad_states
-
         first, w, l = self._distinct(pairs)
         batch = self._padded(first)
         hidden = pad_states([self.hidden[i] for i in first], batch["input_ids"].shape[1])
-        with _only_trainable(self.policy.model, self.params), RowGradients(self.top, self.params) as rows:
+        with only_trainable(self.policy.model, self.params), RowGradients(self.top, self.params) as rows:
             final = self.top(hidden, batch["attention_mask"])
             logps = logprobs_from_hidden(final, self.policy.model.lm_head, batch["input_ids"],
                                          batch["completion_mask"]).per_sequence
@@ -537,6 +354,22 @@ class PairGradients:
         """(∇w [k, D], ∇l [k, D], log π_w [k], log π_l [k]) per pair."""
         g, lp, w, l = self.distinct_gradients(pairs)
         return g[w], g[l], lp[w], lp[l]
+
+    @contextmanager
+    def restored(self):
+        """Within the block, steps (``apply``, ``lm_step``) change the trainable parameters; on leaving it they are
+        bit for bit what they were on entering.
+
+        >>> with pg.restored():
+        ...     history = [lm_step(pg, pairs, ref_w, ref_l, beta, eta) for _ in range(3)]
+        """
+        saved = [p.detach().clone() for p in self.params]
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for p, p0 in zip(self.params, saved):
+                    p.copy_(p0)
 
     @torch.no_grad()
     def apply(self, delta: torch.Tensor) -> None:
@@ -566,7 +399,7 @@ def lm_step(pg: PairGradients, pairs, ref_chosen, ref_rejected, beta: float, lea
     gram, lp = rows.gram(logps), logps.detach()  # [m, m], [m]
     before_w, before_l = lp[w].double(), lp[l].double()
     ref_chosen, ref_rejected = (r.to(lp.device) if torch.is_tensor(r) else r for r in (ref_chosen, ref_rejected))
-    c = beta * torch.sigmoid(beta * ((before_l - ref_rejected) - (before_w - ref_chosen)))  # c/η per pair
+    c = dpo_weight(before_w, before_l, ref_chosen, ref_rejected, beta)  # c/η per pair
     ones = torch.ones(len(lp), dtype=DTYPE, device=lp.device)
     scale = nonzero_norms(gram.diagonal().sqrt(), "‖∇ log π(y|x)‖") if normalized else ones
     alpha = torch.zeros_like(ones).index_add_(0, w, c / scale[w]).index_add_(0, l, -c / scale[l])
@@ -593,9 +426,3 @@ def normalized_surrogate(logp_chosen, logp_rejected, norm_chosen, norm_rejected,
     norm_chosen = nonzero_norms(norm_chosen.detach(), "‖∇ log π(y_w|x)‖")
     norm_rejected = nonzero_norms(norm_rejected.detach(), "‖∇ log π(y_l|x)‖")
     return -(weights.detach() * (logp_chosen / norm_chosen - logp_rejected / norm_rejected)).mean()
-
-
-def gradient_norm(value: torch.Tensor, params) -> torch.Tensor:
-    """‖∂ value/∂ params‖ for a scalar ``value`` (one backward pass), Tensor []."""
-    grads = torch.autograd.grad(value, list(params), allow_unused=True)
-    return torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))

@@ -58,12 +58,17 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] = logit of the target − logsumexp of the logits, in float32 at least:
+    [..., vocab] and [...] → [...]."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> CompletionLogprobs:
     """Per-token log π(x_t | x_<t) from next-token logits of the LAST S′ ≤ S positions, [B, S′, vocab]."""
     start = input_ids.shape[1] - logits.shape[1]  # logits[:, j] is the prediction made at position start + j
-    logits = logits[:, :-1].float()  # [B, S′-1, vocab]: predictions for positions start+1 … S-1
-    targets = input_ids[:, start + 1 :]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    picked = token_logprobs(logits[:, :-1], input_ids[:, start + 1 :])  # [B, S′-1]: positions start+1 … S-1
     per_token = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)
     per_token[:, start + 1 :] = picked * completion_mask[:, start + 1 :].to(picked.dtype)  # [B, S]
     return CompletionLogprobs(per_token=per_token, per_sequence=per_token.sum(dim=1))
@@ -88,9 +93,7 @@ def logprobs_from_hidden(
     49k-token vocabulary that is most of the compute, so this is what makes training on a CPU affordable.
     """
     predicts = completion_mask[:, 1:].bool()  # [B, S-1]: position t-1 predicts a completion token at t
-    logits = lm_head(hidden[:, :-1][predicts]).float()  # [M, vocab]
-    targets = input_ids[:, 1:][predicts]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [M]
+    picked = token_logprobs(lm_head(hidden[:, :-1][predicts]), input_ids[:, 1:][predicts])  # [M]
     per_token = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)
     per_token[:, 1:][predicts] = picked
     return CompletionLogprobs(per_token=per_token, per_sequence=per_token.sum(dim=1))
@@ -230,84 +233,6 @@ def sequence_logprobs(
     if not out:
         raise ValueError("no prompt/completion pairs given")
     return torch.cat(out)
-
-
-@torch.no_grad()
-def sequence_logprobs_many(
-    policies: Sequence,
-    prompts: Sequence[str],
-    completions: Sequence[str],
-    *,
-    chat: bool = True,
-    add_eos: bool = True,
-    batch_size: int = 16,
-    max_length: int | None = None,
-) -> torch.Tensor:
-    """log π_k(y | x) of several policies on the same pairs, Tensor [policies, n] — the work they share done once.
-
-    Each distinct (prompt, completion) row is scored once. Policies of one Llama-family model that differ only in
-    their top decoder blocks (zoo policies, top-block or LoRA-merged fine-tunes of one base) run the shared lower
-    blocks once; each policy then runs only its own top blocks and scores only the completion positions. Any
-    other set of policies is scored one full forward each. The policies must tokenise every pair alike.
-    """
-    from .train import TopLayers
-
-    policies = list(policies)
-    if not policies:
-        raise ValueError("no policies given; pass a list of one or more policies")
-    rows, masks = tokenize_pairs(policies[0], prompts, completions, chat=chat, add_eos=add_eos, max_length=max_length)
-    for pol in policies[1:]:
-        if tokenize_pairs(pol, prompts, completions, chat=chat, add_eos=add_eos, max_length=max_length) != (rows, masks):
-            raise ValueError(f"{pol.name} tokenises the pairs differently from {policies[0].name} (another tokenizer "
-                             "or prompt format); score it with sequence_logprobs on its own")
-    index = {}
-    for row, mask in zip(rows, masks):
-        index.setdefault((tuple(row), tuple(mask)), len(index))
-    distinct = list(index)
-    k = _differing_top_blocks([p.model for p in policies])
-    model0 = policies[0].model
-    out = torch.zeros(len(policies), len(distinct))
-    for start in range(0, len(distinct), batch_size):
-        part = distinct[start : start + batch_size]
-        b = {key: v.to(policies[0].device) for key, v in pad_rows([r for r, _ in part], [m for _, m in part],
-                                                                 policies[0].tokenizer.pad_token_id).items()}
-        span = slice(start, start + len(part))
-        if k is None:  # nothing shared that can be skipped: one full forward per policy
-            for j, pol in enumerate(policies):
-                out[j, span] = completion_logprobs(pol.model, **b).per_sequence.float().cpu()
-            continue
-        base = model0.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                            position_ids=position_ids_from_mask(b["attention_mask"]), output_hidden_states=True)
-        hidden = base.hidden_states[len(model0.model.layers) - k]  # the input of the first block that differs
-        for j, pol in enumerate(policies):
-            final = base.last_hidden_state if j == 0 else TopLayers(pol.model, k)(hidden, b["attention_mask"])
-            lp = logprobs_from_hidden(final, pol.model.lm_head, b["input_ids"], b["completion_mask"])
-            out[j, span] = lp.per_sequence.float().cpu()
-    where = torch.tensor([index[(tuple(r), tuple(m))] for r, m in zip(rows, masks)])
-    return out[:, where]
-
-
-def _differing_top_blocks(models) -> int | None:
-    """How many top decoder blocks must run per model: all from the lowest block in which any two differ (at least
-    1; each model's final norm runs with them); None unless they are one Llama-family architecture with equal
-    embeddings and head."""
-    def same(a, b) -> bool:
-        sa, sb = a.state_dict(), b.state_dict()
-        return sa.keys() == sb.keys() and all(sa[n].shape == sb[n].shape and torch.equal(sa[n], sb[n]) for n in sa)
-
-    first = models[0]
-    body = getattr(first, "model", None)
-    if body is None or not all(hasattr(body, a) for a in ("layers", "norm", "rotary_emb", "embed_tokens")):
-        return None
-    depth = len(body.layers)
-    lowest = depth
-    for other in models[1:]:
-        ob = getattr(other, "model", None)
-        if (type(other) is not type(first) or ob is None or len(ob.layers) != depth
-                or not same(body.embed_tokens, ob.embed_tokens) or not same(first.lm_head, other.lm_head)):
-            return None
-        lowest = min(lowest, next((i for i in range(depth) if not same(body.layers[i], ob.layers[i])), depth))
-    return max(depth - lowest, 1)
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ scorer (``alignlecture.rewards``) and labels are Bernoulli draws from the Bradle
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -228,3 +228,40 @@ def expected_bt_loss(probs: torch.Tensor, gold: torch.Tensor, model_rewards: tor
     logsig = torch.nn.functional.logsigmoid
     ce = -(p_star * logsig(d) + (1 - p_star) * logsig(-d))
     return (probs[:, None] * probs[None, :] * ce).sum()
+
+
+FIELDS = ("prompt", "chosen", "rejected")
+
+
+def preference_columns(dataset) -> tuple[list[str], list[str], list[str]]:
+    """(prompts, chosen, rejected) from any accepted dataset form (see ``DPOTrainer``)."""
+    if hasattr(dataset, "to_dict") and not isinstance(dataset, Mapping):  # PreferenceDataset, datasets.Dataset
+        dataset = dataset.to_dict()
+    if isinstance(dataset, Mapping):
+        missing = [f for f in FIELDS if f not in dataset]
+        if missing:
+            raise ValueError(f"the dataset has no {missing[0]!r} column (columns: {sorted(dataset)}); DPO needs "
+                             "prompt, chosen and rejected columns")
+        columns = [list(dataset[f]) for f in FIELDS]
+        if len({len(c) for c in columns}) > 1:
+            raise ValueError(f"column lengths differ: {len(columns[0])} prompts, {len(columns[1])} chosen, "
+                             f"{len(columns[2])} rejected")
+        records = [dict(zip(FIELDS, row)) for row in zip(*columns)]
+    elif isinstance(dataset, Sequence) and not isinstance(dataset, str):
+        records = list(dataset)
+    else:
+        raise ValueError(f"dataset must be a list of records, a mapping of columns, a datasets.Dataset or a "
+                         f"PreferenceDataset with prompt/chosen/rejected; got {type(dataset).__name__}")
+    if not records:
+        raise ValueError("the preference dataset is empty; DPO needs at least one (prompt, chosen, rejected) pair")
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise ValueError(f"record {i} is a {type(record).__name__}, not a mapping with prompt/chosen/rejected")
+        for f in FIELDS:
+            if f not in record:
+                raise ValueError(f"record {i} has no {f!r} field (it has {sorted(record)}); every record needs "
+                                 "prompt, chosen and rejected")
+            if not isinstance(record[f], str):
+                raise ValueError(f"record {i}: {f!r} is a {type(record[f]).__name__}, not a str; pass plain text "
+                                 "(conversational message lists are not supported)")
+    return tuple([r[f] for r in records] for f in FIELDS)

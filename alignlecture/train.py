@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import checkpoint as ckpt
-from .dpo import check_dpo_args, dpo_loss, dpo_metrics
-from .entanglement import RowGradients
+from ._checks import positive_finite, positive_int
+from .dpo import check_dpo_args, dpo_loss, dpo_metrics, dpo_weight
+from . import prefix_sharing
+from .entanglement import normalized_surrogate
 from .logprobs import (
     check_masks,
     completion_logprobs,
@@ -42,6 +42,11 @@ from .logprobs import (
     position_ids_from_mask,
     tokenize_pairs,
 )
+from .merging import copy_sharing
+from .per_example import RowGradients, gradient_norm
+from .preferences import preference_columns
+from .prefix_sharing import pack_pairs, pair_logprobs
+from .top_blocks import TopLayers
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,9 +54,6 @@ class TrainingDiverged(RuntimeError):
 
 
 SCHEDULES = ("constant", "linear", "cosine")
-# old name → TRL's name (DPOConfig accepted these before 0.2; they still work, with a DeprecationWarning)
-RENAMED = {"batch_size": "per_device_train_batch_size", "num_epochs": "num_train_epochs",
-           "checkpoint_dir": "output_dir", "checkpoint_every": "save_steps"}
 
 
 @dataclass
@@ -88,28 +90,19 @@ class DPOConfig:
     chat: bool = True
     progress: bool = True
     pairwise_normalized: bool = False  # chapter 4: step along Σ c_i(∇w/‖∇w‖ − ∇l/‖∇l‖) (norms from one extra backward)
+    prefix_sharing: bool = True  # each prompt runs once for both responses where the model allows (prefix_sharing)
 
     def __post_init__(self) -> None:
         check_dpo_args(self.beta, self.loss_type, self.label_smoothing)
-        positive = {
-            "learning_rate": self.learning_rate,
-            "per_device_train_batch_size": self.per_device_train_batch_size,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-            "num_train_epochs": self.num_train_epochs,
-            "max_length": self.max_length,
-            "logging_steps": self.logging_steps,
-        }
-        for name, value in positive.items():
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be positive; got {value!r}")
-        if self.max_steps is None:  # the old spelling of "no limit"
-            self.max_steps = -1
+        positive_finite(self.learning_rate, "learning_rate")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_length",
+                     "logging_steps"):
+            setattr(self, name, positive_int(getattr(self, name), name))
         if not isinstance(self.max_steps, int) or self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be a positive number of optimizer steps, or -1 (TRL's default) to train "
                              f"num_train_epochs epochs; got {self.max_steps!r}")
         for name in ("save_steps", "warmup_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an integer ≥ 0; got {getattr(self, name)!r}")
+            setattr(self, name, positive_int(getattr(self, name), name, minimum=0))
         if self.lr_scheduler_type not in SCHEDULES:
             raise ValueError(f"lr_scheduler_type must be one of {SCHEDULES}; got {self.lr_scheduler_type!r}")
         if self.optimizer not in ("adamw", "sgd"):
@@ -121,25 +114,6 @@ class DPOConfig:
                              f"{self.loss_type!r}, label_smoothing={self.label_smoothing!r}")
 
 
-_dataclass_init = DPOConfig.__init__
-
-
-def _init_with_old_names(self, *args, **kwargs):
-    for old, new in RENAMED.items():
-        if old in kwargs:
-            if new in kwargs:
-                raise TypeError(f"pass {new} only ({old} is its old name)")
-            warnings.warn(f"DPOConfig({old}=…) is now {new}=… (TRL's name)", DeprecationWarning, stacklevel=2)
-            kwargs[new] = kwargs.pop(old)
-    if "lora_r" in kwargs or "lora_alpha" in kwargs:
-        raise TypeError("lora_r/lora_alpha are gone: pass peft_config=LoraConfig(r=…, lora_alpha=…, target_modules=…) "
-                        "to DPOTrainer, as in TRL")
-    _dataclass_init(self, *args, **kwargs)
-
-
-DPOConfig.__init__ = _init_with_old_names
-
-
 @dataclass
 class TrainResult:
     """The trained policy (updated in place) and the logged history (one row per ``logging_steps`` steps)."""
@@ -148,42 +122,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     config: DPOConfig | None = None
     output_dir: str | None = None  # where the final model or adapter was saved (None: not saved)
-
-
-class TopLayers(torch.nn.Module):
-    """The top k decoder blocks, final norm and LM head of a Llama-family model, run on cached activations."""
-
-    def __init__(self, model: torch.nn.Module, k: int):
-        super().__init__()
-        base = getattr(model, "model", None)
-        if base is None or not all(hasattr(base, a) for a in ("layers", "norm", "rotary_emb")):
-            raise ValueError(
-                f"trainable_layers needs a Llama-family decoder (model.model.layers/norm/rotary_emb); "
-                f"{type(model).__name__} has none — use peft_config or full fine-tuning instead"
-            )
-        if k > len(base.layers):
-            raise ValueError(f"trainable_layers={k} exceeds the model's {len(base.layers)} decoder blocks")
-        self.config = model.config
-        self.first = len(base.layers) - k
-        self.layers = torch.nn.ModuleList(base.layers[self.first :])
-        self.norm, self.rotary_emb, self.lm_head = base.norm, base.rotary_emb, model.lm_head
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Final (normed) hidden states [B, S, hidden] from the input of block ``first``; apply ``lm_head`` after."""
-        from transformers.masking_utils import create_causal_mask
-
-        position_ids = position_ids_from_mask(attention_mask)
-        mask = create_causal_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None, position_ids=position_ids
-        )
-        pos = self.rotary_emb(hidden, position_ids=position_ids)
-        for layer in self.layers:
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=pos, position_ids=position_ids)
-        return self.norm(hidden)
-
-    def trained(self) -> list[torch.nn.Parameter]:
-        """What ``trainable_layers`` trains: the blocks' and the final norm's parameters (never the tied LM head)."""
-        return list(self.layers.parameters()) + list(self.norm.parameters())
 
 
 def reference_copy(policy, config: DPOConfig | None = None):
@@ -198,51 +136,12 @@ def reference_copy(policy, config: DPOConfig | None = None):
     import copy
     import dataclasses
 
-    from .merging import copy_sharing
-
     config = config or DPOConfig()
     if config.trainable_layers:
         model = copy_sharing(policy.model, TopLayers(policy.model, config.trainable_layers).trained())
     else:
         model = copy.deepcopy(policy.model)
     return dataclasses.replace(policy, model=model.eval())
-
-
-FIELDS = ("prompt", "chosen", "rejected")
-
-
-def preference_columns(dataset) -> tuple[list[str], list[str], list[str]]:
-    """(prompts, chosen, rejected) from any accepted dataset form (see ``DPOTrainer``)."""
-    if hasattr(dataset, "to_dict") and not isinstance(dataset, Mapping):  # PreferenceDataset, datasets.Dataset
-        dataset = dataset.to_dict()
-    if isinstance(dataset, Mapping):
-        missing = [f for f in FIELDS if f not in dataset]
-        if missing:
-            raise ValueError(f"the dataset has no {missing[0]!r} column (columns: {sorted(dataset)}); DPO needs "
-                             "prompt, chosen and rejected columns")
-        columns = [list(dataset[f]) for f in FIELDS]
-        if len({len(c) for c in columns}) > 1:
-            raise ValueError(f"column lengths differ: {len(columns[0])} prompts, {len(columns[1])} chosen, "
-                             f"{len(columns[2])} rejected")
-        records = [dict(zip(FIELDS, row)) for row in zip(*columns)]
-    elif isinstance(dataset, Sequence) and not isinstance(dataset, str):
-        records = list(dataset)
-    else:
-        raise ValueError(f"dataset must be a list of records, a mapping of columns, a datasets.Dataset or a "
-                         f"PreferenceDataset with prompt/chosen/rejected; got {type(dataset).__name__}")
-    if not records:
-        raise ValueError("the preference dataset is empty; DPO needs at least one (prompt, chosen, rejected) pair")
-    for i, record in enumerate(records):
-        if not isinstance(record, Mapping):
-            raise ValueError(f"record {i} is a {type(record).__name__}, not a mapping with prompt/chosen/rejected")
-        for f in FIELDS:
-            if f not in record:
-                raise ValueError(f"record {i} has no {f!r} field (it has {sorted(record)}); every record needs "
-                                 "prompt, chosen and rejected")
-            if not isinstance(record[f], str):
-                raise ValueError(f"record {i}: {f!r} is a {type(record[f]).__name__}, not a str; pass plain text "
-                                 "(conversational message lists are not supported)")
-    return tuple([r[f] for r in records] for f in FIELDS)
 
 
 def check_peft_targets(model: torch.nn.Module, peft_config) -> None:
@@ -319,41 +218,80 @@ class DPOTrainer:
         """What the loss sees: summed log-probs, or per-token averages for IPO (metrics always use sums)."""
         return summed / lengths if self.config.loss_type == "ipo" else summed
 
+    def _packed(self, pairs: list[int], device) -> prefix_sharing.PackedPairs:
+        """Pairs ``pairs`` packed one per row, prompt once (``prefix_sharing.pack_pairs``), on ``device``."""
+        n = self.num_pairs
+        return pack_pairs([self.rows[i] for i in pairs], [self.masks[i] for i in pairs],
+                          [self.rows[i + n] for i in pairs], [self.masks[i + n] for i in pairs], self.pad_id).to(device)
+
     @torch.no_grad()
-    def _precompute(self, device) -> None:
-        """Reference log-probs for every row (once) and, for top-layer training, the cached activations."""
+    def _precompute(self, device, first_step: list[list[int]] = ()) -> None:
+        """Reference log-probs for every row (once) and, for top-layer training, the cached activations: of each
+        packed pair when prompts are shared, else of each row.
+
+        With shared prompts the first optimizer step's micro-batches (``first_step``, pair indices) are packed
+        exactly as training packs them: a packed row's floats depend a little on its batch's width, and at the
+        first step, where the policy IS the reference, the implicit rewards must come out exactly 0."""
         k = self.config.trainable_layers
         model = self.policy.model
         ref_model = self.ref_policy.model if self.ref_policy is not None else None
-        n_rows = len(self.rows)
-        self.ref_logps = torch.zeros(n_rows, dtype=torch.float32)  # summed over completion tokens
+        n = self.num_pairs
+        self.ref_logps = torch.zeros(2 * n, dtype=torch.float32)  # summed over completion tokens
         self.lengths = torch.tensor([sum(m) for m in self.masks], dtype=torch.float32)
-        self.cache: list[torch.Tensor] = [None] * n_rows if k else []
         first = len(model.model.layers) - k if k else None
-        # a response often appears in several pairs: run each distinct (prompt, completion) row once
+        # a response (or a whole pair) often appears several times: run each distinct one once
+        if self.share:
+            units = [(tuple(self.rows[i]), tuple(self.masks[i]), tuple(self.rows[i + n]), tuple(self.masks[i + n]))
+                     for i in range(n)]
+        else:
+            units = [(tuple(r), tuple(m)) for r, m in zip(self.rows, self.masks)]
         unique: dict[tuple, int] = {}
-        same_as = [unique.setdefault((tuple(r), tuple(m)), i) for i, (r, m) in enumerate(zip(self.rows, self.masks))]
+        same_as = [unique.setdefault(u, i) for i, u in enumerate(units)]
         distinct = sorted(set(same_as))
-        step = max(1, 2 * self.config.per_device_train_batch_size)
-        for start in range(0, len(distinct), step):
-            idx = distinct[start : start + step]
-            b = self._batch(idx, device)
-            check_masks(b["input_ids"], b["attention_mask"], b["completion_mask"])
-            pos = position_ids_from_mask(b["attention_mask"])
-            if k:  # one full forward gives the cached activations and (without a ref model) the ref log-probs
-                out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
-                            output_hidden_states=True)
-            if ref_model is not None or not k:
-                lp = completion_logprobs(ref_model or model, b["input_ids"], b["attention_mask"], b["completion_mask"])
+        self.cache: list[torch.Tensor] = [None] * len(units) if k else []
+        step = self.config.per_device_train_batch_size * (1 if self.share else 2)
+        batches = [distinct[start : start + step] for start in range(0, len(distinct), step)]
+        if self.share and first_step:
+            firsts = [list(dict.fromkeys(same_as[i] for i in micro)) for micro in first_step]
+            done = {i for micro in firsts for i in micro}
+            rest = [i for i in distinct if i not in done]
+            batches = firsts + [rest[start : start + step] for start in range(0, len(rest), step)]
+        for idx in batches:
+            if self.share:
+                packed = self._packed(idx, device)
+                if k:  # the frozen blocks' output for the cache and (without a ref model) the ref log-probs
+                    mask = prefix_sharing.mask_for(model.config, packed.attention_mask(), model.dtype)
+                    out = model.model(input_ids=packed.input_ids, attention_mask=mask,
+                                      position_ids=packed.position_ids, output_hidden_states=True)
+                if ref_model is not None or not k:
+                    lp = pair_logprobs(ref_model or model, packed)
+                else:
+                    lp = prefix_sharing.logprobs_from_hidden(out.last_hidden_state, model.lm_head, packed)
+                self.ref_logps[idx] = lp[: len(idx)].float().cpu()
+                self.ref_logps[[i + n for i in idx]] = lp[len(idx) :].float().cpu()
+                lengths = (packed.segments != prefix_sharing.SEGMENT_PADDING).sum(1).tolist()
             else:
-                lp = logprobs_from_logits(out.logits, b["input_ids"], b["completion_mask"])
-            self.ref_logps[idx] = lp.per_sequence.float().cpu()
+                b = self._batch(idx, device)
+                check_masks(b["input_ids"], b["attention_mask"], b["completion_mask"])
+                pos = position_ids_from_mask(b["attention_mask"])
+                if k:
+                    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
+                                output_hidden_states=True)
+                if ref_model is not None or not k:
+                    lp = completion_logprobs(ref_model or model, b["input_ids"], b["attention_mask"], b["completion_mask"])
+                else:
+                    lp = logprobs_from_logits(out.logits, b["input_ids"], b["completion_mask"])
+                self.ref_logps[idx] = lp.per_sequence.float().cpu()
+                lengths = [len(self.rows[i]) for i in idx]
             if k:
                 hidden = out.hidden_states[first]  # input of block `first`
                 for j, i in enumerate(idx):
-                    self.cache[i] = hidden[j, : len(self.rows[i])].detach().cpu()
+                    self.cache[i] = hidden[j, : lengths[j]].detach().cpu()
         for i, source in enumerate(same_as):
-            self.ref_logps[i] = self.ref_logps[source]
+            if self.share:
+                self.ref_logps[i], self.ref_logps[i + n] = self.ref_logps[source], self.ref_logps[source + n]
+            else:
+                self.ref_logps[i] = self.ref_logps[source]
             if k:
                 self.cache[i] = self.cache[source]
 
@@ -381,18 +319,29 @@ class DPOTrainer:
         """A loss whose gradient is minus the pairwise-normalized step (chapter 4): each row's gradient norm —
         from the batch's hooks (one extra backward to the layer outputs) or else one forward+backward per row —
         then ``entanglement.normalized_surrogate`` on the batch's log-probs."""
-        from .entanglement import gradient_norm, normalized_surrogate
-
         if row_gradients is not None:
             norms = row_gradients.square_norms(logps).sqrt().to(logps.dtype)
         else:
-            norms = torch.stack([gradient_norm(self._logps(module, [r], device)[0], params) for r in rows]).to(logps.dtype)
-        k, beta = len(rows) // 2, self.config.beta
-        weights = beta * torch.sigmoid(beta * ((logps[k:] - ref[k:]) - (logps[:k] - ref[:k])))
+            norms = torch.stack([gradient_norm(self._row_logps(module, [r], device)[0], params) for r in rows]).to(logps.dtype)
+        k = len(rows) // 2
+        weights = dpo_weight(logps[:k], logps[k:], ref[:k], ref[k:], self.config.beta)
         return normalized_surrogate(logps[:k], logps[k:], norms[:k], norms[k:], weights)
 
-    def _logps(self, module, rows: list[int], device) -> torch.Tensor:
-        """Summed policy log-probs of ``rows``, with gradient."""
+    def _logps(self, module, pairs: list[int], device) -> torch.Tensor:
+        """Summed policy log-probs of ``pairs``, with gradient: [2k], log π(y_w|x) of each pair, then log π(y_l|x)."""
+        if not self.share:
+            return self._row_logps(module, list(pairs) + [i + self.num_pairs for i in pairs], device)
+        packed = self._packed(list(pairs), device)
+        if not self.config.trainable_layers:
+            return pair_logprobs(module, packed)
+        model = self.policy.model
+        hidden = pad_states([self.cache[i] for i in pairs], packed.input_ids.shape[1]).to(device)
+        mask = prefix_sharing.mask_for(model.config, packed.attention_mask(), hidden.dtype)
+        final = module(hidden, mask, packed.position_ids)
+        return prefix_sharing.logprobs_from_hidden(final, model.lm_head, packed)
+
+    def _row_logps(self, module, rows: list[int], device) -> torch.Tensor:
+        """Summed policy log-probs of ``rows`` (each prompt + one response, no sharing), with gradient."""
         b = self._batch(rows, device)
         if self.config.trainable_layers:
             hidden = pad_states([self.cache[i] for i in rows], b["input_ids"].shape[1])
@@ -432,7 +381,13 @@ class DPOTrainer:
         if self.ref_policy is not None:
             self.ref_policy.model.to(device)
         fingerprint = ckpt.fingerprint(self.policy.model, self.rows, self.masks)
-        self._precompute(device)
+        self.share = cfg.prefix_sharing and prefix_sharing.supports(self.policy.model)
+        if self.share and cfg.pairwise_normalized and cfg.trainable_layers:  # per-row norms need RowGradients then
+            top = TopLayers(self.policy.model, cfg.trainable_layers)
+            self.share = RowGradients.supports(top, top.trained())
+        micro_per_step, size = cfg.gradient_accumulation_steps, cfg.per_device_train_batch_size
+        order = self._order(size * accelerator.num_processes, micro_per_step)
+        self._precompute(device, [order[j * size : (j + 1) * size] for j in range(micro_per_step)])
         module = self._trainable()
         params = [p for p in module.parameters() if p.requires_grad]
         if cfg.optimizer == "sgd":
@@ -440,8 +395,6 @@ class DPOTrainer:
         else:
             opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         # sharded across processes by accelerate
-        micro_per_step = cfg.gradient_accumulation_steps
-        order = self._order(cfg.per_device_train_batch_size * accelerator.num_processes, micro_per_step)
         loader = torch.utils.data.DataLoader(order, batch_size=cfg.per_device_train_batch_size, shuffle=False,
                                              drop_last=True, collate_fn=list)
         module, opt, loader = accelerator.prepare(module, opt, loader)
@@ -480,7 +433,7 @@ class DPOTrainer:
                 k = len(pair_idx)
                 hooks = RowGradients(inner, params) if one_pass_norms else None
                 with hooks or contextlib.nullcontext():
-                    logps = self._logps(module, rows, device)
+                    logps = self._logps(module, list(pair_idx), device)
                 ref, lengths = self.ref_logps[rows].to(device), self.lengths[rows].to(device)
                 lp, lr = self._loss_logps(logps, lengths), self._loss_logps(ref, lengths)
                 losses, _, _ = dpo_loss(lp[:k], lp[k:], lr[:k], lr[k:], beta=cfg.beta,

@@ -19,7 +19,7 @@ from .models import Policy, cache_dir, generate, load_policy
 from .preferences import PreferenceDataset, all_pairs_dataset
 from .prompts import prompt_set
 from .rewards import gold_reward
-from .train import RENAMED, DPOConfig, DPOTrainer, TrainResult
+from .train import DPOConfig, DPOTrainer, TrainResult
 
 
 DPO_DEFAULTS = dict(beta=0.1, learning_rate=2e-4, batch_size=8, num_epochs=2, trainable_layers=4, seed=0)
@@ -83,9 +83,13 @@ def preference_data(rec: Recipe, policy: Policy) -> PreferenceDataset:
     return all_pairs_dataset(prompts, texts, gold_reward(rec.gold), scale=rec.label_scale, seed=rec.label_seed)
 
 
+# Recipes keep the field names DPOConfig had when they were written, because their cache keys hash them.
+RECIPE_NAMES = {"batch_size": "per_device_train_batch_size", "num_epochs": "num_train_epochs"}
+
+
 def dpo_config(rec: Recipe, *, progress: bool = False) -> DPOConfig:
-    """The recipe's DPO configuration (recipes keep their original field names: their cache keys hash them)."""
-    return DPOConfig(**{RENAMED.get(k, k): v for k, v in rec.dpo.items()}, progress=progress)
+    """The recipe's DPO configuration (``RECIPE_NAMES`` maps a recipe's two older field names to TRL's)."""
+    return DPOConfig(**{RECIPE_NAMES.get(k, k): v for k, v in rec.dpo.items()}, progress=progress)
 
 
 def _dir(rec: Recipe) -> Path:

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from _timing import best_of  # noqa: E402
 
 from alignlecture import entanglement as ge  # noqa: E402
+from alignlecture import per_example  # noqa: E402
 from alignlecture.dpo import dpo_loss  # noqa: E402
 from alignlecture.logprobs import logprobs_from_hidden, pad_rows, pad_states  # noqa: E402
 from alignlecture.models import load_policy  # noqa: E402
@@ -84,7 +85,7 @@ def main(repeats: int) -> None:
         ge.first_order(g_w, g_l)
 
     def row_norms():
-        return torch.stack([ge.gradient_norm(pg._row(i), pg.params) for i in rows]).float()
+        return torch.stack([per_example.gradient_norm(pg._row(i), pg.params) for i in rows]).float()
 
     norms = {"value": row_norms()}
 
@@ -102,7 +103,7 @@ def main(repeats: int) -> None:
         surrogate_step()
 
     def statistics_one_pass():
-        with ge.RowGradients(pg.top, pg.params) as rows_:
+        with per_example.RowGradients(pg.top, pg.params) as rows_:
             lp = batched_logps()
         gram = rows_.gram(lp)
         w, l = torch.arange(PAIRS), torch.arange(PAIRS, 2 * PAIRS)
@@ -110,7 +111,7 @@ def main(repeats: int) -> None:
         return ge.classify(sq[w] - inner, inner - sq[l]), inner / (sq[w] * sq[l]).sqrt()
 
     def hooked_norms():
-        with ge.RowGradients(pg.top, pg.params) as rows_:
+        with per_example.RowGradients(pg.top, pg.params) as rows_:
             lp = batched_logps()
         return rows_, lp, rows_.square_norms(lp).sqrt()
 

@@ -328,3 +328,20 @@ def test_a_long_sum_is_broken_between_terms_and_each_reason_gets_its_own_row():
     assert rows[-1] == "&\\qquad \\text{expand}"
     joined = "".join(r.replace("&\\quad", "").replace("&=", "") for r in rows[:3])
     assert sp.parse_expr is not None and joined.count("\\sqrt") == 12  # no term lost
+
+
+def test_tex_symbol_prints_its_name_as_latex():
+    from alignlecture.derivations import TeX
+
+    assert sp.latex(TeX(r"\partial_\theta\mathcal{L}")) == r"\partial_\theta\mathcal{L}"
+
+
+def test_implicit_reward_prints_folded_and_differentiates_to_beta_times_the_log_prob_slope():
+    from alignlecture.derivations import implicit_reward
+
+    theta, beta = sp.symbols("theta beta", positive=True)
+    log_ref = sp.Symbol("log_ref", real=True)
+    ell = sp.Function("ell")(theta)
+    r = implicit_reward("w", ell, log_ref, beta, theta)
+    assert sp.latex(r) == r"\hat r_w" and sp.latex(r**2) == r"\hat r_w^{2}"
+    assert sp.simplify(sp.diff(r, theta) - beta * sp.diff(ell, theta)) == 0

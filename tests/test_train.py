@@ -22,7 +22,8 @@ from alignlecture.logprobs import (
     position_ids_from_mask,
 )
 from alignlecture.models import tiny_policy
-from alignlecture.train import DPOConfig, DPOTrainer, TopLayers, TrainingDiverged
+from alignlecture.top_blocks import TopLayers
+from alignlecture.train import DPOConfig, DPOTrainer, TrainingDiverged
 from dpo_pairs import CHOSEN, DATA, PROMPTS, REJECTED  # tests/ is on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -432,12 +433,13 @@ def test_linear_schedule_with_warmup_follows_transformers():
         ref.step()
 
 
-def test_old_field_names_still_work_with_a_deprecation_warning():
-    with pytest.warns(DeprecationWarning, match="batch_size=…\) is now per_device_train_batch_size"):
-        old = DPOConfig(batch_size=4, num_epochs=2, max_steps=None, progress=False)
-    assert (old.per_device_train_batch_size, old.num_train_epochs, old.max_steps) == (4, 2, -1)
-    with pytest.raises(TypeError, match="pass peft_config=LoraConfig"):
-        DPOConfig(lora_r=4)
+def test_zoo_recipes_written_with_older_field_names_give_trls_names():
+    from alignlecture import zoo
+
+    config = zoo.dpo_config(zoo.recipe("smollm2-positivity"))
+    assert (config.per_device_train_batch_size, config.num_train_epochs) == (8, 2)
+    with pytest.raises(TypeError, match="batch_size"):
+        DPOConfig(batch_size=4)  # the old names are not DPOConfig's any more
 
 
 # ---------------------------------------------------------------------------------------------- datasets and eos
@@ -509,8 +511,8 @@ def test_dataset_missing_a_column_is_refused(missing):
     [
         ({"beta": 0}, "beta must be a positive finite number"),
         ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\)"),
-        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be positive"),
-        ({"learning_rate": float("nan")}, "learning_rate must be positive"),
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be an integer ≥ 1"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a positive finite number"),
         ({"max_steps": 0}, "max_steps must be a positive number of optimizer steps, or -1"),
         ({"max_steps": -2}, "max_steps must be a positive number of optimizer steps, or -1"),
         ({"save_steps": -1}, "save_steps must be an integer ≥ 0"),
