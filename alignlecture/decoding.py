@@ -59,7 +59,7 @@ class CachedDecoder:
         return torch.log_softmax(logits, dim=-1)[:, : self.vocab_size]
 
     def start(self, rows: list[list[int]]) -> torch.Tensor:
-        """Prefill the prompts (left-padded); returns log π(·|x) for the first new token, [B, vocab]."""
+        """Prefill the prompts (left-padded); returns log π(·∣x) for the first new token, [B, vocab]."""
         width, device = max(len(r) for r in rows), self.policy.device
         pad = self.policy.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
