@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .cache import atomic_directory
-from .models import Policy, cache_dir, generate, load_policy
+from .cache import atomic_directory, cache_dir
+from .models import Policy, generate, load_policy
 from .preferences import PreferenceDataset, all_pairs_dataset
 from .prompts import prompt_set
 from .rewards import gold_reward

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def unsafe(cache: Path) -> bool:
     """Whether emptying ``cache`` would delete the course cache, the repository, or a directory holding either."""
     sys.path.insert(0, str(ROOT))
-    from alignlecture.models import cache_dir
+    from alignlecture.cache import cache_dir
 
     env = os.environ.get("ALIGNLECTURE_CACHE")
     own = [cache_dir().resolve(), ROOT, Path.home()] + ([Path(env).expanduser().resolve()] if env else [])
