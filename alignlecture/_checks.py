@@ -51,9 +51,22 @@ def positive_int(value, name: str, minimum: int = 1, meaning: str = "") -> int:
     return int(value)
 
 
+def float64_tensor(x, name: str, *, device=None) -> torch.Tensor:
+    """``x`` (a tensor, a number or a list of numbers) as a float64 tensor; an object that is none of these —
+    a ``toy.TabularPolicy`` passed where its distribution belongs — gets a TypeError that says what to pass."""
+    try:
+        return torch.as_tensor(x, dtype=torch.float64, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        if isinstance(x, (torch.Tensor, numbers.Number, str, bytes, Sequence)) or hasattr(x, "__array__"):
+            raise  # torch's own message names the bad entry of a list or array
+        hint = (" (a policy's distribution over its responses is policy.probs(): pass that)"
+                if callable(getattr(x, "probs", None)) else "")
+        raise TypeError(f"{name} must be a tensor or a list of numbers; got {type(x).__name__}{hint}") from None
+
+
 def finite(x, name: str, *, allow_neg_inf: bool = False) -> torch.Tensor:
     """A float64 tensor with no NaN and no ±inf (−inf allowed for log-probabilities when ``allow_neg_inf``)."""
-    t = torch.as_tensor(x, dtype=torch.float64)
+    t = float64_tensor(x, name)
     bad = torch.isnan(t) | (t == math.inf) if allow_neg_inf else ~torch.isfinite(t)
     if bool(bad.any()):
         where = bad.nonzero()[0].tolist()
@@ -116,7 +129,7 @@ def nonzero_norms(norms: torch.Tensor, name: str) -> torch.Tensor:
 def outcome_distribution(p, name: str = "probs", atol: float = 1e-6) -> torch.Tensor:
     """A distribution over at least one outcome along the last dim (``probability_vector`` within ``atol``),
     renormalised so that it sums to 1 exactly (a caller's softmax may be off by round-off)."""
-    t = torch.as_tensor(p, dtype=torch.float64)
+    t = float64_tensor(p, name)
     if t.dim() == 0 or t.shape[-1] == 0:
         raise ValueError(f"{name} must have at least one outcome along its last dim; got shape {tuple(t.shape)}")
     t = probability_vector(t, name, atol)
@@ -126,7 +139,7 @@ def outcome_distribution(p, name: str = "probs", atol: float = 1e-6) -> torch.Te
 def per_outcome(values, like: torch.Tensor, name: str = "rewards", *, finite_only: bool = False) -> torch.Tensor:
     """One value per outcome of ``like`` (broadcasting allowed), never NaN (nor ±inf when ``finite_only``):
     float64 with the shape of ``like``, on its device."""
-    v = torch.as_tensor(values, dtype=torch.float64, device=like.device)
+    v = float64_tensor(values, name, device=like.device)
     try:
         shape = torch.broadcast_shapes(v.shape, like.shape)
     except RuntimeError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -43,21 +44,33 @@ def bon_distribution(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torc
     Returns float64 [..., K].
     """
     n, p = check_n(n), _check_probs(probs)
-    return _bon_from_levels(_tie_levels(p, _check_rewards(rewards, p)), n)
+    return bon_from_tie_levels(tie_levels(p, _check_rewards(rewards, p)), n)
 
 
-def bon_distributions(probs: torch.Tensor, rewards: torch.Tensor, ns: Sequence[int]) -> torch.Tensor:
+def bon_distribution_for_each_n(probs: torch.Tensor, rewards: torch.Tensor, ns: Sequence[int]) -> torch.Tensor:
     """``bon_distribution`` for every n in ``ns`` at once, sorting the rewards once: float64 [len(ns), ..., K]."""
     ns = [check_n(n) for n in ns]
     if not ns:
         raise ValueError("ns is empty; give at least one n ≥ 1")
     p = _check_probs(probs)
     n = torch.tensor(ns, dtype=torch.float64, device=p.device).view(-1, *([1] * p.dim()))  # [L, 1…]
-    return _bon_from_levels(_tie_levels(p, _check_rewards(rewards, p)), n)
+    return bon_from_tie_levels(tie_levels(p, _check_rewards(rewards, p)), n)
 
 
-def _tie_levels(p: torch.Tensor, r: torch.Tensor):
-    """Sort by reward once: (order, sorted probs, F = P(r ≤ level), m = mass of the level) of each outcome."""
+class TieLevels(NamedTuple):
+    """Outcomes sorted by reward, with what π_n needs of each one's tie level (all [..., K])."""
+
+    order: torch.Tensor  # long: sorted position → outcome index
+    sorted_probs: torch.Tensor  # π of each sorted outcome
+    F: torch.Tensor  # P(r ≤ r(y)): the mass at or below the outcome's reward
+    m: torch.Tensor  # P(r = r(y)): the mass of the outcome's tie level, so F⁻ = F − m
+
+
+def tie_levels(p: torch.Tensor, r: torch.Tensor) -> TieLevels:
+    """Sort by reward once: order, sorted probs, F = P(r ≤ level) and m = mass of the level of each outcome.
+
+    ``p`` and ``r`` as ``bon_distribution`` checks them: float64 [..., K] of one shape, ``p`` summing to 1.
+    """
     sorted_r, order = torch.sort(r, dim=-1)
     sorted_p = p.gather(-1, order)
     new_level = torch.ones_like(sorted_r, dtype=torch.long)
@@ -66,11 +79,11 @@ def _tie_levels(p: torch.Tensor, r: torch.Tensor):
     level_mass = torch.zeros_like(sorted_p).scatter_add(-1, level, sorted_p)  # [..., K] (unused levels: 0)
     F = level_mass.cumsum(-1).gather(-1, level)  # P(r ≤ level of each outcome)
     m = level_mass.gather(-1, level)  # mass of each outcome's tie level
-    return order, sorted_p, F, m
+    return TieLevels(order, sorted_p, F, m)
 
 
-def _bon_from_levels(levels, n) -> torch.Tensor:
-    """π_n from ``_tie_levels``; ``n`` an int or a float64 Tensor [L, 1…] (then the result is [L, ..., K]).
+def bon_from_tie_levels(levels: TieLevels, n) -> torch.Tensor:
+    """π_n = [F^n − F⁻^n]·π/m from ``tie_levels``; ``n`` an int or a float64 Tensor [L, 1…] (then [L, ..., K]).
 
     F^n − F⁻^n with F⁻ = F − m is computed as F^n·(1 − (1 − m/F)^n) through log1p/expm1, so it stays accurate
     for large n and tiny outcome probabilities (no cancellation between two numbers close to 1).
@@ -123,11 +136,16 @@ def tilted(probs: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Ten
     """π_β(y) ∝ π(y)·exp(r(y)/β) on a finite support: the KL-penalised optimum (lecture §RLHF, closed form)."""
     beta = check_beta(beta)
     p = _check_probs(probs)
-    return _tilt(p, _check_rewards(rewards, p, finite=True), 1.0 / beta)
+    return exponential_tilt(p, _check_rewards(rewards, p, finite=True), 1.0 / beta)
 
 
-def _tilt(p: torch.Tensor, r: torch.Tensor, inverse_beta: float) -> torch.Tensor:
-    logits = torch.where(p > 0, torch.log(p) + inverse_beta * (r - r.max()), torch.full_like(p, -math.inf))
+def exponential_tilt(p: torch.Tensor, scores: torch.Tensor, lam: float) -> torch.Tensor:
+    """π_λ(y) ∝ π(y)·exp(λ·s(y)) = softmax(log π + λ(s − max s)): ``tilted`` is λ = 1/β, ``tilt_to_kl`` solves for λ.
+
+    ``p`` a distribution [..., K] and ``scores`` finite [..., K], as ``tilted`` and ``tilt_to_kl`` check them (this
+    runs inside their bisection, so it does not check again); outcomes with π(y) = 0 keep probability 0.
+    """
+    logits = torch.where(p > 0, torch.log(p) + lam * (scores - scores.max()), torch.full_like(p, -math.inf))
     return torch.softmax(logits, dim=-1)
 
 
@@ -159,7 +177,7 @@ def tilt_to_kl(probs: torch.Tensor, scores: torch.Tensor, kl: float, *, tol: flo
         )
     lo, hi = 0.0, 1.0
     for _ in range(MAX_DOUBLINGS):  # grow λ until the tilt spends at least the budget
-        if float(kl_divergence(_tilt(p, g, hi), p)) >= kl:
+        if float(kl_divergence(exponential_tilt(p, g, hi), p)) >= kl:
             break
         lo, hi = hi, 2 * hi
     else:
@@ -169,13 +187,13 @@ def tilt_to_kl(probs: torch.Tensor, scores: torch.Tensor, kl: float, *, tol: flo
         )
     for _ in range(200):
         mid = (lo + hi) / 2
-        if float(kl_divergence(_tilt(p, g, mid), p)) < kl:
+        if float(kl_divergence(exponential_tilt(p, g, mid), p)) < kl:
             lo = mid
         else:
             hi = mid
         if hi - lo <= tol * hi:
             break
-    return _tilt(p, g, (lo + hi) / 2)
+    return exponential_tilt(p, g, (lo + hi) / 2)
 
 
 def random_tilts_at_kl(
@@ -231,15 +249,25 @@ def bon_frontier(probs, rewards, ns: Sequence[int]) -> tuple[list[float], list[f
 # ---------------------------------------------------------------------------------------------- real models
 @dataclass
 class BestOfN:
-    """Every sample and score of a best-of-n run, and the chosen (first highest-scoring) response per prompt."""
+    """Every sample and score of a best-of-n run, and the chosen (first highest-scoring) response per prompt.
+
+    Attributes:
+        prompts: the P prompts, in the order given.
+        texts: ``texts[i][j]``, the j-th of the n completions sampled for prompt i (P lists of n).
+        completion_ids: the exact sampled token ids of each completion, [P][n] lists of ints.
+        scores: float64 [P, n], the reward of each completion.
+        best_index: long [P], which completion each prompt keeps: the first maximum of its row of ``scores``.
+        best_texts: the kept completion of each prompt, ``texts[i][best_index[i]]``.
+        best_scores: float64 [P], the kept completion's reward, the maximum of each row of ``scores``.
+    """
 
     prompts: list[str]
-    texts: list[list[str]]  # [P][n]
-    completion_ids: list[list[list[int]]]  # [P][n] exact sampled token ids
-    scores: torch.Tensor  # [P, n] float64
-    best_index: torch.Tensor  # [P] long: the first maximum of each row
+    texts: list[list[str]]
+    completion_ids: list[list[list[int]]]
+    scores: torch.Tensor
+    best_index: torch.Tensor
     best_texts: list[str]
-    best_scores: torch.Tensor  # [P]
+    best_scores: torch.Tensor
 
 
 def best_of_n(

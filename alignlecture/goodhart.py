@@ -9,7 +9,8 @@ preferences were about. Two ways of pushing on the proxy, both exact over a fini
 
 Gao, Schulman & Hilton (2023) measure pressure by d = √KL(π_opt ‖ π) and fit the gold-reward gain with
 R_bon(d) = d(α − β·d) and R_RL(d) = d(α − β·log d); ``fit_gao`` fits both by least squares, with standard errors
-and the peak d* of the fitted curve.
+and the peak d* of the fitted curve. Their β is a fitted coefficient, not the KL coefficient β of ``bon.tilted``:
+in this module it is called ``gao_beta``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._checks import finite, one_of, positive_int, probability_vector, same_shape
-from .bon import PROB_ATOL, bon_distributions, kl_divergence, tilted
+from .bon import PROB_ATOL, bon_distribution_for_each_n, kl_divergence, tilted
 from .preferences import sample_preferences
 from .rewards import train_reward_model
 
@@ -29,16 +30,16 @@ FORMS = ("bon", "rl")
 
 
 # ------------------------------------------------------------------------------------------- Gao's forms
-def gao_bon(d, alpha: float, beta: float) -> torch.Tensor:
-    """R_bon(d) = d·(α − β·d), the best-of-n gold-reward gain at distance d = √KL (Gao et al. 2023)."""
+def gao_bon(d, alpha: float, gao_beta: float) -> torch.Tensor:
+    """R_bon(d) = d·(α − β·d), the best-of-n gold-reward gain at distance d = √KL (Gao et al. 2023; β = gao_beta)."""
     d = check_distances(d)
-    return d * (alpha - beta * d)
+    return d * (alpha - gao_beta * d)
 
 
-def gao_rl(d, alpha: float, beta: float) -> torch.Tensor:
-    """R_RL(d) = d·(α − β·log d), the RL gold-reward gain at d = √KL, with its limit 0 at d = 0 (Gao et al. 2023)."""
+def gao_rl(d, alpha: float, gao_beta: float) -> torch.Tensor:
+    """R_RL(d) = d·(α − β·log d), the RL gold-reward gain at d = √KL, 0 at d = 0 (Gao et al. 2023; β = gao_beta)."""
     d = check_distances(d)
-    return alpha * d - beta * torch.xlogy(d, d)  # xlogy(0, 0) = 0: the d → 0 limit
+    return alpha * d - gao_beta * torch.xlogy(d, d)  # xlogy(0, 0) = 0: the d → 0 limit
 
 
 def check_distances(d) -> torch.Tensor:
@@ -51,27 +52,42 @@ def check_distances(d) -> torch.Tensor:
 
 @dataclass
 class GaoFit:
-    """A least-squares fit of R(d) = d(α − β·d) ("bon") or d(α − β·log d) ("rl") to gold-reward gains."""
+    """A least-squares fit of R(d) = d(α − β·d) ("bon") or d(α − β·log d) ("rl") to gold-reward gains.
+
+    Calling it, ``fit(d)``, evaluates the fitted curve.
+
+    Attributes:
+        form: "bon" or "rl", which of Gao's laws was fitted.
+        alpha: α, the initial slope of the gain, dR/dd at d = 0 (gold-reward units per unit of d).
+        gao_beta: Gao's β, how fast the curve bends down — a fitted coefficient, not the KL coefficient β.
+        alpha_se: the standard error of α, from σ̂²(XᵀX)⁻¹ with σ̂² = RSS/(m − 2); NaN for m = 2 points.
+        gao_beta_se: the standard error of ``gao_beta``, likewise.
+        peak: d* maximising the fitted curve (inf if it never turns down, 0 if it never rises).
+        peak_se: the delta-method standard error of d* (NaN where d* is 0 or inf).
+        peak_gold: the fitted gain R(d*) at the peak (inf where d* is inf).
+        residuals: float64 [m], the gains minus the fitted curve at each d.
+        r_squared: R² = 1 − RSS/TSS of the fit (NaN when every gain is equal).
+    """
 
     form: str
     alpha: float
-    beta: float
-    alpha_se: float  # standard errors from σ̂²(XᵀX)⁻¹, σ̂² = RSS/(m − 2); NaN when m = 2 (no residual freedom)
-    beta_se: float
-    peak: float  # d* maximising the fitted curve (inf if it never turns down, 0 if it never rises)
-    peak_se: float  # delta-method standard error of d* (NaN where d* is 0 or inf)
-    peak_gold: float  # the fitted gain at d*
-    residuals: torch.Tensor = field(repr=False)  # gold − fit at each d
+    gao_beta: float
+    alpha_se: float
+    gao_beta_se: float
+    peak: float
+    peak_se: float
+    peak_gold: float
+    residuals: torch.Tensor = field(repr=False)
     r_squared: float = float("nan")
 
     def __call__(self, d) -> torch.Tensor:
         """The fitted curve at ``d``."""
-        return (gao_bon if self.form == "bon" else gao_rl)(d, self.alpha, self.beta)
+        return (gao_bon if self.form == "bon" else gao_rl)(d, self.alpha, self.gao_beta)
 
 
 def fit_gao(d, gold, form: str) -> GaoFit:
-    """Least-squares α, β of Gao's form ("bon" or "rl") through gold-reward *gains* (R(0) = 0: subtract the
-    reference policy's gold reward first), with standard errors and the peak d*."""
+    """Least-squares α, β (``gao_beta``) of Gao's form ("bon" or "rl") through gold-reward *gains* (R(0) = 0:
+    subtract the reference policy's gold reward first), with standard errors and the peak d*."""
     form = one_of(form, "form", FORMS)
     d, gold = check_distances(d).reshape(-1), finite(gold, "gold").reshape(-1)
     same_shape(d, gold, ("d", "gold"))
@@ -85,51 +101,64 @@ def fit_gao(d, gold, form: str) -> GaoFit:
             f"β; got {sorted(set(d.tolist()))[:5]}"
         )
     coef = torch.linalg.lstsq(X, gold[:, None]).solution[:, 0]
-    alpha, beta = coef.tolist()
+    alpha, gao_beta = coef.tolist()
     residuals = gold - X @ coef
     dof = d.numel() - 2
     sigma2 = float(residuals @ residuals) / dof if dof > 0 else math.nan
     cov = sigma2 * torch.linalg.inv(X.T @ X)
-    peak, grad = _peak(form, alpha, beta, device=cov.device)
+    peak, grad = _peak(form, alpha, gao_beta, device=cov.device)
     peak_se = math.sqrt(float(grad @ cov @ grad)) if grad is not None else math.nan
     total = float(((gold - gold.mean()) ** 2).sum())
-    fit = GaoFit(form, alpha, beta, math.sqrt(cov[0, 0]), math.sqrt(cov[1, 1]), peak, peak_se, math.nan,
+    fit = GaoFit(form, alpha, gao_beta, math.sqrt(cov[0, 0]), math.sqrt(cov[1, 1]), peak, peak_se, math.nan,
                  residuals, 1 - float(residuals @ residuals) / total if total > 0 else math.nan)
     fit.peak_gold = float(fit(torch.tensor([peak], device=d.device))[0]) if math.isfinite(peak) else math.inf
     return fit
 
 
-def _peak(form: str, alpha: float, beta: float, device=None):
+def _peak(form: str, alpha: float, gao_beta: float, device=None):
     """argmax_d R(d) on d ≥ 0 and the gradient of d* in (α, β) on ``device`` (None where d* sits at 0 or ∞)."""
-    if alpha <= 0 and beta >= 0:
+    b = gao_beta
+    if alpha <= 0 and b >= 0:
         return 0.0, None  # never rises
-    if beta <= 0:
+    if b <= 0:
         return math.inf, None  # never turns down
     if form == "bon":  # R' = α − 2βd = 0
-        peak = alpha / (2 * beta)
-        return peak, torch.tensor([1 / (2 * beta), -alpha / (2 * beta**2)], dtype=torch.float64, device=device)
-    peak = math.exp(alpha / beta - 1)  # R' = α − β(log d + 1) = 0
-    return peak, peak * torch.tensor([1 / beta, -alpha / beta**2], dtype=torch.float64, device=device)
+        peak = alpha / (2 * b)
+        return peak, torch.tensor([1 / (2 * b), -alpha / (2 * b**2)], dtype=torch.float64, device=device)
+    peak = math.exp(alpha / b - 1)  # R' = α − β(log d + 1) = 0
+    return peak, peak * torch.tensor([1 / b, -alpha / b**2], dtype=torch.float64, device=device)
 
 
 # ------------------------------------------------------------------------------------------- exact curves
 @dataclass
 class Curve:
-    """Optimisation pressure against reward: for each n (or β), KL(π_opt ‖ π), d = √KL, E[proxy], E[gold]."""
+    """Optimisation pressure against reward: for each n (or β), KL(π_opt ‖ π), d = √KL, E[proxy], E[gold].
 
-    method: str  # "bon" (pressure = n) or "rl" (pressure = β)
-    pressure: torch.Tensor  # [L] the ns or the βs
-    kl: torch.Tensor  # [L]
-    d: torch.Tensor  # [L]
-    proxy: torch.Tensor  # [L] E_{π_opt}[proxy]
-    gold: torch.Tensor  # [L] E_{π_opt}[gold]
+    π_opt is best-of-n chosen by the proxy (``bon_curve``) or the tilted π_β ∝ π·exp(proxy/β) (``rl_curve``);
+    every tensor is float64 [L], one entry per pressure, in the order given.
+
+    Attributes:
+        method: "bon" (pressure = n) or "rl" (pressure = β, the KL coefficient).
+        pressure: the ns or the βs.
+        kl: KL(π_opt ‖ π) at each pressure.
+        d: √KL, Gao's distance.
+        proxy: E_{π_opt}[proxy], the reward being optimised.
+        gold: E_{π_opt}[gold], the reward the proxy stands for.
+    """
+
+    method: str
+    pressure: torch.Tensor
+    kl: torch.Tensor
+    d: torch.Tensor
+    proxy: torch.Tensor
+    gold: torch.Tensor
 
 
 def bon_curve(probs, proxy, gold, ns: Sequence[int]) -> Curve:
     """Best-of-n chosen by the PROXY over a finite π, exactly for every n: KL, d, E[proxy], E[gold] of π_n."""
     p, proxy, gold = check_world(probs, proxy, gold)
     ns = [positive_int(n, "n", meaning="the number of samples best-of-n draws") for n in ns]
-    chunks = (bon_distributions(p, proxy, ns[i : i + CHUNK]) for i in range(0, len(ns), CHUNK))
+    chunks = (bon_distribution_for_each_n(p, proxy, ns[i : i + CHUNK]) for i in range(0, len(ns), CHUNK))
     return _curve("bon", ns, p, chunks, proxy, gold)
 
 

@@ -24,14 +24,23 @@ SAMPLERS = ("uniform", "on-policy", "mix-r", "mix-p")
 
 @dataclass
 class OnlineRun:
-    """One run: the logits θ_t [steps+1, K] and the gap to π* [steps+1] at every step t = 0 … steps."""
+    """One run: the logits θ_t [steps+1, K] and the gap to π* [steps+1] at every step t = 0 … steps.
+
+    Attributes:
+        logits: float64 [steps+1, K], θ_t after t steps; row 0 is θ_0 = 0 (π_ref uniform), π_θ = softmax(θ).
+        gap: float64 [steps+1], ``gap(θ_t)`` = (1/K²) Σ_ij ∣v_i − v_j∣ with v = r − β log π_θ; 0 exactly at π*.
+        sampler: the pair sampler, one of ``SAMPLERS``.
+        beta: β, the KL coefficient of the DPO loss.
+        lr: the learning rate of θ ← θ − lr·∇L(θ).
+        num_pairs: pairs drawn per step in a sampled run; None for the exact population gradient.
+    """
 
     logits: torch.Tensor
     gap: torch.Tensor
     sampler: str
     beta: float
     lr: float
-    num_pairs: int | None = None  # pairs drawn per step (sampled runs); None: exact population gradient
+    num_pairs: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------- checks

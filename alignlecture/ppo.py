@@ -68,7 +68,7 @@ def ppo_tabular(world: ToyWorld, pi_ref: TabularPolicy, rewards: torch.Tensor, c
 
     The history records KL(π‖target) each iteration when a target is given.
     """
-    world._check_own(pi_ref, "pi_ref")
+    world.check_policy(pi_ref, "pi_ref")
     rewards = world.check_values(rewards, "rewards")
     beta = config.beta
     gen = torch.Generator().manual_seed(config.seed)  # draws on the CPU: the same batches whatever the device
@@ -85,7 +85,7 @@ def ppo_tabular(world: ToyWorld, pi_ref: TabularPolicy, rewards: torch.Tensor, c
             idx = torch.multinomial(old.probs().cpu(), config.batch_size, replacement=True, generator=gen)
             idx = idx.to(world.device)
             y = world.responses[idx]
-            nodes, mask = world._encoded[0][idx], world._encoded[1][idx]
+            nodes, mask = world.encoded[0][idx], world.encoded[1][idx]
             logp_old = old.log_table[nodes, y]
             logp_ref = pi_ref.log_table[nodes, y]
             returns = returns_to_go(per_token_rewards(logp_ref, logp_old, rewards[idx], mask, beta), mask)

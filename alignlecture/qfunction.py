@@ -101,7 +101,7 @@ def _backup_inputs(world: ToyWorld, token_scores, final_scores, beta):
 def soft_values(world: ToyWorld, pi_ref: TabularPolicy, rewards: torch.Tensor, beta: float) -> SoftValues:
     """Exact soft Q*/V* of RLHF: r(s, a) = β log π_ref(a|s) (+ r(x, y) when s·a is terminal) (lecture §Soft RL)."""
     beta = check_beta(beta)
-    world._check_own(pi_ref, "pi_ref")
+    world.check_policy(pi_ref, "pi_ref")
     rewards = world.check_values(rewards, "rewards")
     return soft_backup(world, beta * pi_ref.log_table, rewards, beta)
 
@@ -122,7 +122,7 @@ def soft_bellman_residual(
     Zero everywhere exactly when ``q_table`` is Q* (lecture §Q′ exactly estimates Q*: the "Goal").
     """
     beta = check_beta(beta)
-    world._check_own(pi_ref, "pi_ref")
+    world.check_policy(pi_ref, "pi_ref")
     rewards = world.check_values(rewards, "rewards")
     P, V = world.num_prefixes, world.vocab_size
     q_table = shaped(q_table, (P, V), "q_table", meaning="one Q value per prefix row and next token").to(world.device)
@@ -144,8 +144,8 @@ def q_prime_table(pi: TabularPolicy, pi_ref: TabularPolicy, beta: float, v_root:
     """
     beta = check_beta(beta)
     w = pi.world
-    w._check_own(pi, "pi")
-    w._check_own(pi_ref, "pi_ref")
+    w.check_policy(pi, "pi")
+    w.check_policy(pi_ref, "pi_ref")
     reach = beta * (pi.prefix_logprobs() - pi_ref.prefix_logprobs())  # [P]
     return float(v_root) + reach[:, None] + beta * pi.log_table
 
@@ -161,7 +161,7 @@ def q_prime(
     """
     beta = check_beta(beta)
     w = pi.world
-    w._check_own(pi_ref, "pi_ref")
+    w.check_policy(pi_ref, "pi_ref")
     tokens = _actions(w, response)
     out, prefix, q, prev_ref = [], [], float(v_root), 0.0  # π_ref(y_0|·) := 1: the slide's "/1"
     for tok in tokens:

@@ -4,6 +4,10 @@ A chapter that samples the same pool on every run — 36 answers of a tuned mode
 reads it from ``cache_dir()/samples`` after the first run. The key holds everything the pool depends on: each
 model's identity (its name, its zoo recipe hash, its system prompt, how it was derived), the mixing weights,
 the prompts, the seed and every decoding setting (spelled out, so a changed default cannot reuse an old pool), and ``SAMPLER_VERSION`` (bumped when the decoders change).
+
+Each function is the cached form of one sampler: ``sample`` of ``models.generate``, ``sample_mixed`` of
+``mixing.generate_mixed``, ``pool`` of M samples per prompt (chapters 6 and 7 pick best-of-n from it), and
+``preference_data`` of ``zoo.preference_data`` (a zoo recipe's training pairs, shared by chapters 2, 4 and 7).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import __version__
+from ._checks import positive_int
 from .cache import memo
 
 SAMPLER_VERSION = 1
@@ -61,3 +66,33 @@ def sample_mixed(policies: Sequence, weights: Sequence[float], prompts: list[str
                     **options)
     return memo("samples", _key(policies, prompts, {"generate_mixed": settings, "weights": w}),
                 lambda: generate_mixed(list(policies), w, list(prompts), **settings))
+
+
+def pool(policy, prompts: list[str], samples_per_prompt: int, *, max_new_tokens: int, seed: int,
+         batch_size: int = 16, **sampling) -> list[str]:
+    """M = ``samples_per_prompt`` sampled completions of every prompt, computed once per key: a flat list of
+    len(prompts)·M texts, prompt-major (texts i·M … i·M + M − 1 answer prompt i).
+
+    ``sample`` of each prompt repeated M times; ``sampling`` (temperature, top_p, …) goes to it.
+    """
+    m = positive_int(samples_per_prompt, "samples_per_prompt", meaning="how many completions per prompt")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a non-empty list of str (wrap a single prompt in a list)")
+    repeated = [x for x in prompts for _ in range(m)]
+    return list(sample(policy, repeated, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+                       **sampling).texts)
+
+
+def preference_data(recipe, policy):
+    """``zoo.preference_data(recipe, policy)``, computed once per key: the recipe's training pairs, sampled from
+    ``policy`` (the recipe's base model) and labelled by its gold reward, as a ``PreferenceDataset``.
+
+    ``recipe`` is a ``zoo.Recipe`` or its name. The key holds the recipe (name and the hash of every field),
+    the policy's identity (``policy_key``), ``SAMPLER_VERSION`` and the package version.
+    """
+    from . import zoo
+
+    rec = zoo.recipe(recipe) if isinstance(recipe, str) else recipe
+    key = {"what": "zoo.preference_data", "recipe": rec.name, "recipe_key": rec.key(), "policy": policy_key(policy),
+           "sampler": SAMPLER_VERSION, "package": __version__}
+    return memo("preference-data", key, lambda: zoo.preference_data(rec, policy))

@@ -24,7 +24,21 @@ DTYPE = torch.float64
 
 
 class ToyWorld:
-    """All responses of a V-token, length-T language, with exact sequence ↔ token conversions."""
+    """All responses of a V-token, length-T language, with exact sequence ↔ token conversions.
+
+    Attributes:
+        vocab_size: V, the number of tokens, eos (token 0) included.
+        max_len: T, the longest response in tokens (a response of T non-eos tokens is truncated: no eos).
+        device: where every tensor of the world lives (CPU unless ``device=`` says otherwise).
+        branch: b = V − 1, the children of a prefix by a non-eos token.
+        offsets: ``offsets[k]`` = Σ_{j<k} b^j, the table row of the first depth-k prefix; ``offsets[T]`` = P.
+        num_prefixes: P, the decision prefixes (rows of a policy's [P, V] table).
+        num_responses: N = P + b^T, every response of the world.
+        responses: LongTensor [N, T], every response padded with eos (0), in layout order (module docstring).
+        encoded: (nodes [N, T], mask [N, T]) = ``encode(responses)``: the prefix row of each position of each
+            response and whether that position is an action (at or before the eos).
+        lengths: LongTensor [N], the actions of each response (its tokens, eos included).
+    """
 
     def __init__(self, vocab_size: int = 4, max_len: int = 3, *, device: str | torch.device | None = None):
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2:
@@ -48,11 +62,6 @@ class ToyWorld:
         self.responses = self._enumerate()  # [N, T]
         self.encoded = self.encode(self.responses)  # (nodes [N, T], mask [N, T]) of every response
         self.lengths = self.encoded[1].sum(dim=1)  # [N] tokens scored per response (eos included)
-
-    # The layout under its former private names (kept so older code keeps working).
-    _branch = property(lambda self: self.branch)
-    _offsets = property(lambda self: self.offsets)
-    _encoded = property(lambda self: self.encoded)
 
     def child_index(self) -> torch.Tensor:
         """Where each action leads, LongTensor [P, V]: column 0 (eos) is response i, column a ≥ 1 is node b·i + a.
@@ -115,7 +124,7 @@ class ToyWorld:
         nodes = torch.where(mask, codes + offsets[None, :], torch.zeros_like(codes))
         return nodes, mask
 
-    _encode = encode  # former private name
+    _encode = encode  # former private name, until entanglement calls encode
 
     # ------------------------------------------------------------------ prefixes
     def prefix_index(self, prefix: Sequence[int]) -> int:
@@ -276,7 +285,7 @@ class ToyWorld:
     def optimal_policy(self, pi_ref: "TabularPolicy", rewards: torch.Tensor, beta: float) -> "TabularPolicy":
         """Exact KL-regularised optimum π*(y) ∝ π_ref(y)·exp(r(y)/β) (lecture §DPO, closed form)."""
         check_beta(beta)
-        self._check_own(pi_ref, "pi_ref")
+        self.check_policy(pi_ref, "pi_ref")
         rewards = self.check_values(rewards, "rewards")
         return self.policy_from_sequence_logprobs(pi_ref.sequence_logprobs() + rewards / beta)
 
@@ -300,7 +309,8 @@ class ToyWorld:
             prefix.append(tok)
         return out
 
-    def _check_own(self, policy: "TabularPolicy", name: str) -> None:
+    def check_policy(self, policy: "TabularPolicy", name: str) -> "TabularPolicy":
+        """``policy`` must be a TabularPolicy of a world with this vocabulary and max_len; returns it."""
         if not isinstance(policy, TabularPolicy):
             raise TypeError(f"{name} must be a TabularPolicy of this world; got {type(policy).__name__}")
         if policy.world.vocab_size != self.vocab_size or policy.world.max_len != self.max_len:
@@ -308,6 +318,9 @@ class ToyWorld:
                 f"{name} belongs to ToyWorld(vocab_size={policy.world.vocab_size}, max_len={policy.world.max_len}), "
                 f"not to ToyWorld(vocab_size={self.vocab_size}, max_len={self.max_len})"
             )
+        return policy
+
+    _check_own = check_policy  # former private name, until entanglement and dpo call check_policy
 
     def __repr__(self) -> str:
         return (
@@ -405,7 +418,7 @@ class TabularPolicy:
 
     def kl(self, other: "TabularPolicy") -> float:
         """Exact sequence-level KL(π ‖ other) = Σ_y π(y) log π(y)/other(y), with 0·log 0 = 0."""
-        self.world._check_own(other, "other")
+        self.world.check_policy(other, "other")
         logp, logq = self.sequence_logprobs(), other.sequence_logprobs()
         p = logp.exp()
         terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 import math
 
@@ -269,6 +271,58 @@ def test_best_of_n_rejects_bad_n_and_prompts(tiny):
         bon.best_of_n(tiny, text_length, "hello", 2)
     with pytest.raises(ValueError, match="prompts is empty"):
         bon.best_of_n(tiny, text_length, [], 2)
+
+
+def test_bon_distribution_for_each_n_equals_bon_distribution_one_n_at_a_time():
+    gen = torch.Generator().manual_seed(11)
+    p = torch.softmax(torch.randn(3, 30, generator=gen, dtype=torch.float64), dim=-1)
+    r = torch.randint(0, 6, (3, 30), generator=gen).double()  # ties
+    ns = [1, 2, 7, 64]
+    got = bon.bon_distribution_for_each_n(p, r, ns)
+    assert got.shape == (4, 3, 30)
+    for i, n in enumerate(ns):
+        assert torch.equal(got[i], bon_distribution(p, r, n))
+    with pytest.raises(ValueError, match="ns is empty"):
+        bon.bon_distribution_for_each_n(p, r, [])
+
+
+def test_tie_levels_give_each_outcome_the_mass_at_or_below_its_reward_and_of_its_level():
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    r = torch.tensor([2.0, 1.0, 2.0, 0.0], dtype=torch.float64)
+    levels = bon.tie_levels(p, r)
+    assert isinstance(levels, bon.TieLevels)
+    outcome = levels.order.tolist()  # sorted by reward: 3 (r=0), 1 (r=1), then 0 and 2 (r=2, tied)
+    assert outcome[:2] == [3, 1] and sorted(outcome[2:]) == [0, 2]
+    assert torch.equal(levels.sorted_probs, p[levels.order])
+    F = dict(zip(outcome, levels.F.tolist()))
+    m = dict(zip(outcome, levels.m.tolist()))
+    assert F == pytest.approx({3: 0.4, 1: 0.6, 0: 1.0, 2: 1.0}) and m == pytest.approx({3: 0.4, 1: 0.2, 0: 0.4, 2: 0.4})
+    assert torch.allclose(bon.bon_from_tie_levels(levels, 3), bon_distribution(p, r, 3), atol=0)
+
+
+def test_exponential_tilt_is_pi_times_exp_lambda_score_normalised_and_tilted_is_lambda_one_over_beta():
+    p, g = _dist(8)
+    want = p * torch.exp(0.7 * g)
+    assert torch.allclose(bon.exponential_tilt(p, g, 0.7), want / want.sum(), atol=1e-15)
+    assert torch.equal(bon.exponential_tilt(p, g, 1 / 0.25), bon.tilted(p, g, 0.25))
+    zero = torch.tensor([0.5, 0.0, 0.5], dtype=torch.float64)
+    assert bon.exponential_tilt(zero, torch.tensor([0.0, 9.0, 1.0], dtype=torch.float64), 3.0)[1] == 0
+
+
+def test_bon_distribution_given_a_tabular_policy_says_to_pass_its_probs():
+    from alignlecture.toy import ToyWorld
+
+    world = ToyWorld(3, 2)
+    pi, r = world.uniform_policy(), world.random_rewards()
+    with pytest.raises(TypeError, match=r"probs must be a tensor or a list of numbers; got TabularPolicy "
+                                        r"\(a policy's distribution over its responses is policy.probs\(\)"):
+        bon_distribution(pi, r, 4)
+    assert torch.allclose(bon_distribution(pi.probs(), r, 4).sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_help_documents_every_field_of_best_of_n():
+    attributes = inspect.getdoc(bon.BestOfN).split("Attributes:")[1]
+    assert [f.name for f in dataclasses.fields(bon.BestOfN) if f"    {f.name}: " not in attributes] == []
 
 
 # ---------------------------------------------------------------------------------------------- frontier

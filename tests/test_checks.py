@@ -39,3 +39,17 @@ def test_shapes_lengths_and_choices():
         c.same_length([2, 3], ["probs", "gold"])
     with pytest.raises(ValueError, match="unknown sampler 'x'; choose one of 'uniform', 'mix-p'"):
         c.one_of("x", "sampler", ["uniform", "mix-p"])
+
+
+def test_float64_tensor_converts_numbers_and_says_what_to_pass_for_a_policy():
+    from alignlecture.toy import ToyWorld
+
+    assert c.float64_tensor([1, 2], "rewards").dtype == torch.float64
+    policy = ToyWorld(3, 2).uniform_policy()
+    with pytest.raises(TypeError, match=r"probs must be a tensor or a list of numbers; got TabularPolicy "
+                                        r"\(a policy's distribution over its responses is policy.probs\(\): pass that\)"):
+        c.outcome_distribution(policy, "probs")
+    with pytest.raises(TypeError, match=r"gold must be a tensor or a list of numbers; got object$"):
+        c.finite(object(), "gold")
+    with pytest.raises(ValueError, match="expected sequence of length"):  # torch's message for a ragged list stays
+        c.finite([[1.0], [1.0, 2.0]], "x")

@@ -239,7 +239,7 @@ def test_toy_world_functions_create_tensors_on_the_worlds_device():
         entanglement.tabular_chosen_change(pi, chosen, rejected)
         entanglement.dpo_direction(pi, ref, chosen, rejected, 0.5, features=features, normalized=True)
         entanglement.population_direction(pi, ref, rewards, 0.5, features=features)
-        bon.bon_distributions(p, rewards, [1, 2, 4])
+        bon.bon_distribution_for_each_n(p, rewards, [1, 2, 4])
         bon.bon_distribution(p[:3] / p[:3].sum(), [0.0, 1.0, 1.0], 2)  # rewards as Python numbers
         assert bon.sample_best_of_n(p, rewards, 3, 50, generator=torch.Generator().manual_seed(0)).device == p.device
         bon.random_tilts_at_kl(p, 0.05, 2, generator=torch.Generator().manual_seed(0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 
 import pytest
@@ -29,11 +31,11 @@ def random_world(seed, K=50, levels=None):
 # ---------------------------------------------------------------------------------------------- Gao's forms
 @PROPERTY
 @given(st.floats(0.0, 50.0), st.floats(-5, 5), st.floats(-5, 5))
-def test_gao_forms_match_their_formulas_elementwise(d, alpha, beta):
+def test_gao_forms_match_their_formulas_elementwise(d, alpha, gao_beta):
     t = torch.tensor([d], dtype=torch.float64)
-    assert gh.gao_bon(t, alpha, beta).item() == pytest.approx(d * (alpha - beta * d), rel=1e-12, abs=1e-12)
-    want = 0.0 if d == 0 else d * (alpha - beta * math.log(d))
-    assert gh.gao_rl(t, alpha, beta).item() == pytest.approx(want, rel=1e-12, abs=1e-12)
+    assert gh.gao_bon(t, alpha, gao_beta).item() == pytest.approx(d * (alpha - gao_beta * d), rel=1e-12, abs=1e-12)
+    want = 0.0 if d == 0 else d * (alpha - gao_beta * math.log(d))
+    assert gh.gao_rl(t, alpha, gao_beta).item() == pytest.approx(want, rel=1e-12, abs=1e-12)
 
 
 def test_gao_rl_is_zero_at_d_zero_and_continuous_there():
@@ -48,7 +50,7 @@ def test_fit_gao_recovers_the_parameters_and_peak_of_noiseless_curves(form):
     d = torch.linspace(0, 4, 30, dtype=torch.float64)
     f = (gh.gao_bon if form == "bon" else gh.gao_rl)(d, 1.3, 0.4)
     fit = gh.fit_gao(d, f, form)
-    assert fit.alpha == pytest.approx(1.3, abs=1e-10) and fit.beta == pytest.approx(0.4, abs=1e-10)
+    assert fit.alpha == pytest.approx(1.3, abs=1e-10) and fit.gao_beta == pytest.approx(0.4, abs=1e-10)
     peak = 1.3 / 0.8 if form == "bon" else math.exp(1.3 / 0.4 - 1)
     assert fit.peak == pytest.approx(peak, rel=1e-9)
     assert fit.alpha_se < 1e-8 and fit.residuals.abs().max() < 1e-10 and fit.r_squared == pytest.approx(1.0)
@@ -81,12 +83,25 @@ def test_fit_gao_standard_errors_cover_the_truth_at_the_nominal_rate():
 def test_fit_gao_reports_no_peak_when_the_curve_never_turns_down():
     d = torch.linspace(0, 2, 10, dtype=torch.float64)
     fit = gh.fit_gao(d, 2 * d + 0.1 * d * d, "bon")
-    assert fit.beta < 0 and fit.peak == math.inf and math.isnan(fit.peak_se)
+    assert fit.gao_beta < 0 and fit.peak == math.inf and math.isnan(fit.peak_se)
 
 
 def test_fit_gao_with_exactly_two_points_has_nan_standard_errors():
     fit = gh.fit_gao(torch.tensor([0.5, 1.5]), torch.tensor([0.4, 0.6]), "bon")
-    assert math.isnan(fit.alpha_se) and math.isnan(fit.beta_se) and math.isfinite(fit.alpha)
+    assert math.isnan(fit.alpha_se) and math.isnan(fit.gao_beta_se) and math.isfinite(fit.alpha)
+
+
+def test_gao_fit_calls_its_bend_coefficient_gao_beta_never_beta_the_kl_coefficient():
+    names = [f.name for f in dataclasses.fields(gh.GaoFit)]
+    assert "gao_beta" in names and "gao_beta_se" in names and "beta" not in names and "beta_se" not in names
+    assert list(inspect.signature(gh.gao_bon).parameters) == list(inspect.signature(gh.gao_rl).parameters) == [
+        "d", "alpha", "gao_beta"]
+
+
+@pytest.mark.parametrize("cls", [gh.GaoFit, gh.Curve])
+def test_help_documents_every_field(cls):
+    attributes = inspect.getdoc(cls).split("Attributes:")[1]
+    assert [f.name for f in dataclasses.fields(cls) if f"    {f.name}: " not in attributes] == []
 
 
 # ---------------------------------------------------------------------------------------------- exact curves

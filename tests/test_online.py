@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 
 import pytest
@@ -327,3 +329,8 @@ def test_a_reference_copy_without_trainable_layers_is_a_full_copy():
     embeddings = policy.model.model.embed_tokens.weight.data_ptr()  # the one tensor outside both top blocks + norm
     assert ours & {p.data_ptr() for p in shared.model.parameters()} == {embeddings}
     assert shared.name == policy.name and shared.tokenizer is policy.tokenizer
+
+
+def test_help_documents_every_field_of_online_run():
+    attributes = inspect.getdoc(online.OnlineRun).split("Attributes:")[1]
+    assert [f.name for f in dataclasses.fields(online.OnlineRun) if f"    {f.name}: " not in attributes] == []

@@ -51,6 +51,44 @@ def test_sample_refuses_a_bare_string_prompt(cache):
         samples.sample(tiny_policy(seed=0), "describe a dog", max_new_tokens=3, seed=0)
 
 
+def test_pool_is_m_samples_of_each_prompt_prompt_major_and_is_cached(cache, monkeypatch):
+    pi = tiny_policy(seed=0)
+    texts = samples.pool(pi, PROMPTS, 3, max_new_tokens=4, seed=2, batch_size=4)
+    from alignlecture.models import generate
+
+    plain = generate(pi, [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3, max_new_tokens=4, seed=2, batch_size=4).texts
+    assert texts == list(plain)  # exactly one generate of the repeated prompts, prompt i in rows 3i … 3i + 2
+    import alignlecture.models as models
+
+    monkeypatch.setattr(models, "generate", lambda *a, **k: pytest.fail("a cached pool was generated again"))
+    assert samples.pool(pi, PROMPTS, 3, max_new_tokens=4, seed=2, batch_size=4) == texts
+    with pytest.raises(ValueError, match="samples_per_prompt must be an integer ≥ 1"):
+        samples.pool(pi, PROMPTS, 0, max_new_tokens=4, seed=2)
+    with pytest.raises(TypeError, match="list of str"):
+        samples.pool(pi, "describe a dog", 2, max_new_tokens=4, seed=2)
+
+
+def test_preference_data_is_the_zoo_recipes_pairs_computed_once_per_recipe_and_policy(cache, monkeypatch):
+    from alignlecture import zoo
+    from alignlecture.preferences import all_pairs_dataset
+
+    calls = []
+
+    def fake(rec, policy):  # zoo.preference_data without the model: records what it was asked for
+        calls.append((rec.name, policy.name))
+        return all_pairs_dataset(["p"], [["a", "bb"]], lambda t: [float(len(x)) for x in t], seed=0)
+
+    monkeypatch.setattr(zoo, "preference_data", fake)
+    pi, other = tiny_policy(seed=0), tiny_policy(seed=1, name="other")
+    first = samples.preference_data("smollm2-positivity", pi)
+    again = samples.preference_data(zoo.recipe("smollm2-positivity"), pi)  # a Recipe or its name: one key
+    assert again.to_dict() == first.to_dict() and len(calls) == 1
+    samples.preference_data("smollm2-positivity", other)  # another model: another key
+    samples.preference_data("smollm2-negativity", pi)  # another recipe: another key
+    assert calls == [("smollm2-positivity", pi.name), ("smollm2-positivity", "other"), ("smollm2-negativity", pi.name)]
+    assert len(list((cache / "preference-data").glob("*.pt"))) == 3
+
+
 def test_token_strip_needs_one_value_per_token():
     import matplotlib
 

@@ -128,7 +128,7 @@ def test_gathered_logprobs_equal_top_down_and_brute_force_product(vt, seed, temp
     torch.testing.assert_close(gathered, top_down, rtol=1e-12, atol=1e-12)
     brute = torch.tensor([brute_force_logprob(pi, y) for y in w.responses], dtype=torch.float64)
     torch.testing.assert_close(gathered, brute, rtol=1e-12, atol=1e-12)
-    copy = w.responses.clone()  # the non-cached path through _encode
+    copy = w.responses.clone()  # the non-cached path through encode
     torch.testing.assert_close(pi.logprobs(copy), brute, rtol=1e-12, atol=1e-12)
 
 
@@ -416,6 +416,23 @@ def test_pi_ref_from_another_world_is_rejected():
         w.optimal_policy(torch.zeros(3), w.random_rewards(), 1.0)
     with pytest.raises(ValueError, match="other belongs to ToyWorld"):
         w.uniform_policy().kl(other.uniform_policy())
+
+
+def test_check_policy_returns_a_policy_of_this_world_and_names_the_argument_it_refuses():
+    w, other = ToyWorld(3, 2), ToyWorld(3, 3)
+    pi = ToyWorld(3, 2).uniform_policy()  # another instance with the same vocabulary and max_len belongs here
+    assert w.check_policy(pi, "pi") is pi
+    with pytest.raises(ValueError, match=r"target belongs to ToyWorld\(vocab_size=3, max_len=3\)"):
+        w.check_policy(other.uniform_policy(), "target")
+    with pytest.raises(TypeError, match="target must be a TabularPolicy of this world; got Tensor"):
+        w.check_policy(torch.zeros(3), "target")
+
+
+def test_the_layout_attributes_are_public_and_consistent():
+    w = ToyWorld(3, 3)
+    assert (w.branch, w.offsets, w.num_prefixes, w.num_responses) == (2, [0, 1, 3, 7], 7, 15)
+    nodes, mask = w.encoded
+    assert torch.equal(nodes, w.encode(w.responses)[0]) and torch.equal(w.lengths, mask.sum(dim=1))
 
 
 @pytest.mark.parametrize("ret", [torch.zeros(3), torch.zeros(4, 1), [0.0, 1.0, 0.0, 0.0]])
