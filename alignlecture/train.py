@@ -69,8 +69,10 @@ class DPOConfig:
     output_dir: str | None = None  # None: nothing is written
     overwrite_output_dir: bool = False
     beta: float = 0.1
-    loss_type: str = "sigmoid"
+    loss_type: str | list[str] = "sigmoid"  # any of dpo.LOSS_TYPES, or a list of them (TRL's list-of-losses)
     label_smoothing: float = 0.0
+    loss_weights: list[float] | None = None  # one weight per loss type in the list (None: 1 each, as TRL)
+    discopop_tau: float = 0.05  # DiscoPOP's τ (loss_type "discopop"), TRL's default
     learning_rate: float = 1e-5
     lr_scheduler_type: str = "constant"
     warmup_steps: int = 0
@@ -93,7 +95,7 @@ class DPOConfig:
     prefix_sharing: bool = True  # each prompt runs once for both responses where the model allows (prefix_sharing)
 
     def __post_init__(self) -> None:
-        check_dpo_args(self.beta, self.loss_type, self.label_smoothing)
+        check_dpo_args(self.beta, self.loss_type, self.label_smoothing, self.loss_weights, self.discopop_tau)
         positive_finite(self.learning_rate, "learning_rate")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_length",
                      "logging_steps"):
@@ -214,9 +216,10 @@ class DPOTrainer:
         enc = pad_rows([self.rows[i] for i in rows], [self.masks[i] for i in rows], self.pad_id)
         return {k: v.to(device) for k, v in enc.items()}
 
-    def _loss_logps(self, summed: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """What the loss sees: summed log-probs, or per-token averages for IPO (metrics always use sums)."""
-        return summed / lengths if self.config.loss_type == "ipo" else summed
+    def _loss_logps(self, logps: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple:
+        """``dpo_loss``'s arguments for rows [chosen k; rejected k]: summed log-probs and completion token counts
+        (the per-token losses average inside ``dpo_loss``, as TRL does)."""
+        return logps[:k], logps[k:], ref[:k], ref[k:], lengths[:k], lengths[k:]
 
     def _packed(self, pairs: list[int], device) -> prefix_sharing.PackedPairs:
         """Pairs ``pairs`` packed one per row, prompt once (``prefix_sharing.pack_pairs``), on ``device``."""
@@ -435,9 +438,11 @@ class DPOTrainer:
                 with hooks or contextlib.nullcontext():
                     logps = self._logps(module, list(pair_idx), device)
                 ref, lengths = self.ref_logps[rows].to(device), self.lengths[rows].to(device)
-                lp, lr = self._loss_logps(logps, lengths), self._loss_logps(ref, lengths)
-                losses, _, _ = dpo_loss(lp[:k], lp[k:], lr[:k], lr[k:], beta=cfg.beta,
-                                        loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+                *four, n_chosen, n_rejected = self._loss_logps(logps, ref, lengths, k)
+                losses, _, _ = dpo_loss(*four, beta=cfg.beta, loss_type=cfg.loss_type,
+                                        label_smoothing=cfg.label_smoothing, chosen_tokens=n_chosen,
+                                        rejected_tokens=n_rejected, loss_weights=cfg.loss_weights,
+                                        discopop_tau=cfg.discopop_tau)
                 cr, rr = cfg.beta * (logps[:k] - ref[:k]).detach(), cfg.beta * (logps[k:] - ref[k:]).detach()
                 loss = losses.mean()
                 self._check_finite(accelerator, loss.detach(), "loss", step, bar)

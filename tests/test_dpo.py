@@ -1,4 +1,4 @@
-"""Tests for alignlecture.dpo: the DPO loss, its variants (cDPO, IPO, hinge, robust), implicit rewards and metrics."""
+"""Tests for alignlecture.dpo: the DPO loss, TRL's 14 other loss types, implicit rewards and metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignlecture.dpo import LOSS_TYPES, check_dpo_args, dpo_loss, dpo_metrics
+from alignlecture.dpo import LOSS_TYPES, SMOOTHED, check_dpo_args, dpo_loss, dpo_metrics
 
 LN2 = math.log(2.0)
 PROPERTY = settings(max_examples=50, deadline=None)
@@ -20,6 +20,9 @@ PR = torch.tensor([-11.0, -12.0, -7.5, -19.0], dtype=torch.float64)
 RC = torch.tensor([-10.5, -13.0, -4.0, -21.0], dtype=torch.float64)
 RR = torch.tensor([-10.0, -12.0, -6.0, -18.0], dtype=torch.float64)
 H = (PC - RC) - (PR - RR)  # the margin h of each pair
+NC = torch.tensor([3, 5, 1, 8])  # completion tokens of chosen / rejected (eos included)
+NR = torch.tensor([2, 5, 4, 9])
+TOKENS = {"chosen_tokens": NC, "rejected_tokens": NR}
 
 
 def logsig(x: float) -> float:
@@ -71,11 +74,79 @@ def test_label_smoothed_sigmoid_loss_is_still_ln2_at_zero_margin(eps):
 
 
 # ---------------------------------------------------------------------------------------------- variants
-def test_ipo_loss_equals_squared_distance_of_margin_to_half_inverse_beta():
+def test_ipo_loss_equals_squared_distance_of_per_token_margin_to_half_inverse_beta():
     beta = 0.25
-    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta, loss_type="ipo")
-    expected = torch.tensor([(h - 1 / (2 * beta)) ** 2 for h in H.tolist()], dtype=torch.float64)
+    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta, loss_type="ipo", **TOKENS)
+    w, l = ((PC - RC) / NC).tolist(), ((PR - RR) / NR).tolist()
+    expected = torch.tensor([(a - b - 1 / (2 * beta)) ** 2 for a, b in zip(w, l)], dtype=torch.float64)
     torch.testing.assert_close(losses, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_ipo_with_one_token_per_completion_is_the_squared_margin_on_sums():
+    one = torch.ones(4)
+    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=0.25, loss_type="ipo", chosen_tokens=one, rejected_tokens=one)
+    torch.testing.assert_close(losses, (H - 2.0) ** 2, rtol=1e-12, atol=1e-12)
+
+
+def sig(x: float) -> float:
+    return math.exp(logsig(x))
+
+
+# each loss by hand from ρ_w, ρ_l (log-ratios), n_w, n_l, log π_w (pc), β, ε, τ — pair by pair (not aot: sorted)
+BY_HAND = {
+    "exo_pair": lambda w, l, nw, nl, pc, b, e: sig(b * (w - l)) * (logsig(b * (w - l)) - math.log(1 - e))
+    + sig(-b * (w - l)) * (logsig(-b * (w - l)) - math.log(e)),
+    "nca_pair": lambda w, l, nw, nl, pc, b, e: -logsig(b * w) - 0.5 * logsig(-b * w) - 0.5 * logsig(-b * l),
+    "bco_pair": lambda w, l, nw, nl, pc, b, e: -logsig(b * w) - logsig(-b * l),
+    "sppo_hard": lambda w, l, nw, nl, pc, b, e: (w - 1 / (2 * b)) ** 2 + (l + 1 / (2 * b)) ** 2,
+    "apo_zero": lambda w, l, nw, nl, pc, b, e: 1 - sig(b * w) + sig(b * l),
+    "apo_down": lambda w, l, nw, nl, pc, b, e: sig(b * w) + 1 - sig(b * (w - l)),
+    "discopop": lambda w, l, nw, nl, pc, b, e: (1 - sig(b * (w - l) / 0.05)) * -logsig(b * (w - l))
+    + sig(b * (w - l) / 0.05) * math.exp(-b * (w - l)),
+    "sigmoid_norm": lambda w, l, nw, nl, pc, b, e: -logsig(b * (w / nw - l / nl)),
+    "sft": lambda w, l, nw, nl, pc, b, e: -pc / (sum(NC.tolist()) / 4),
+}
+
+
+@pytest.mark.parametrize("loss_type", sorted(BY_HAND))
+def test_loss_type_matches_its_formula_by_hand(loss_type):
+    beta, eps = 0.3, (0.1 if loss_type == "exo_pair" else 0.0)
+    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta, loss_type=loss_type, label_smoothing=eps, **TOKENS)
+    rows = zip((PC - RC).tolist(), (PR - RR).tolist(), NC.tolist(), NR.tolist(), PC.tolist())
+    expected = torch.tensor([BY_HAND[loss_type](*row, beta, eps) for row in rows], dtype=torch.float64)
+    torch.testing.assert_close(losses, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_sft_loss_mean_is_the_per_token_nll_of_the_chosen_completions():
+    losses, _, _ = dpo_loss(PC, PR, RC, RR, loss_type="sft", **TOKENS)
+    assert float(losses.mean()) == pytest.approx(-float(PC.sum()) / float(NC.sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_aot_losses_pair_sorted_quantiles_and_are_permutation_invariant(eps):
+    beta = 0.4
+    aot, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta, loss_type="aot", label_smoothing=eps)
+    delta = torch.sort(PC - PR).values - torch.sort(RC - RR).values
+    expected = [-(1 - eps) * logsig(beta * d) - eps * logsig(-beta * d) for d in delta.tolist()]
+    torch.testing.assert_close(aot, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    unpaired, _, _ = dpo_loss(PC, PR, RC, RR, beta=beta, loss_type="aot_unpaired", label_smoothing=eps)
+    delta = torch.sort(PC - RC).values - torch.sort(PR - RR).values
+    expected = [-(1 - eps) * logsig(beta * d) - eps * logsig(-beta * d) for d in delta.tolist()]
+    torch.testing.assert_close(unpaired, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    perm = torch.tensor([2, 0, 3, 1])  # shuffling the pairs changes no sorted position
+    shuffled, _, _ = dpo_loss(PC[perm], PR[perm], RC[perm], RR[perm], beta=beta, loss_type="aot", label_smoothing=eps)
+    torch.testing.assert_close(shuffled, aot, rtol=0, atol=0)
+
+
+def test_a_list_of_loss_types_is_their_weighted_sum():
+    kw = dict(beta=0.2, **TOKENS)
+    mixed, cr, rr = dpo_loss(PC, PR, RC, RR, loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0], **kw)
+    parts = [dpo_loss(PC, PR, RC, RR, loss_type=t, **kw)[0] for t in ("sigmoid", "bco_pair", "sft")]
+    torch.testing.assert_close(mixed, 0.8 * parts[0] + 0.2 * parts[1] + parts[2], rtol=1e-12, atol=1e-12)
+    unweighted, _, _ = dpo_loss(PC, PR, RC, RR, loss_type=["sigmoid", "hinge"], **kw)
+    torch.testing.assert_close(unweighted, sum(dpo_loss(PC, PR, RC, RR, loss_type=t, **kw)[0]
+                                               for t in ("sigmoid", "hinge")), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cr, 0.2 * (PC - RC), rtol=1e-12, atol=1e-12)
 
 
 def test_hinge_loss_equals_relu_of_one_minus_beta_margin():
@@ -105,11 +176,42 @@ def test_robust_loss_without_smoothing_equals_sigmoid_loss():
     torch.testing.assert_close(rr, sr, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("tau", [0.02, 0.05, 0.1])
+def test_discopop_at_zero_margin_pushes_the_margin_down_when_tau_is_below_a_tenth(tau):
+    """dℓ/dh at h = 0 is β[(1 − ln 2)/(4τ) − 3/4]: positive for τ < (1 − ln 2)/3 ≈ 0.102 (TRL's default is 0.05)."""
+    beta = 0.5
+    pc = PC.clone().requires_grad_(True)
+    losses, _, _ = dpo_loss(pc, PR, PC, PR, beta=beta, loss_type="discopop", discopop_tau=tau)
+    losses.sum().backward()
+    slope = beta * ((1 - LN2) / (4 * tau) - 0.75)
+    torch.testing.assert_close(pc.grad, torch.full_like(pc.grad, slope), rtol=1e-10, atol=1e-12)
+    assert (slope > 0) == (tau < (1 - LN2) / 3)
+
+
+def test_loss_types_are_trls_fifteen():
+    assert set(LOSS_TYPES) == {"sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+                               "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"}
+
+
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_every_loss_type_returns_one_finite_loss_per_pair(loss_type):
-    losses, cr, rr = dpo_loss(PC.float(), PR.float(), RC.float(), RR.float(), beta=0.1, loss_type=loss_type)
+    eps = 0.1 if loss_type == "exo_pair" else 0.0
+    losses, cr, rr = dpo_loss(PC.float(), PR.float(), RC.float(), RR.float(), beta=0.1, loss_type=loss_type,
+                              label_smoothing=eps, **TOKENS)
     assert losses.shape == cr.shape == rr.shape == (4,)
+    assert losses.dtype == torch.float32
     assert bool(torch.isfinite(losses).all())
+
+
+@pytest.mark.parametrize("loss_type", [t for t in LOSS_TYPES if t not in ("sft", "sppo_hard", "ipo", "discopop")])
+def test_loss_gradient_raises_the_margin_when_policy_equals_reference(loss_type):
+    """At π = π_ref the pairwise losses push chosen up relative to rejected (SFT, SPPO and IPO's per-token form
+    are checked elsewhere; DiscoPOP does the opposite, below)."""
+    eps = 0.1 if loss_type == "exo_pair" else 0.0
+    pc, pr = PC.clone().requires_grad_(True), PR.clone().requires_grad_(True)
+    losses, _, _ = dpo_loss(pc, pr, PC, PR, beta=0.5, loss_type=loss_type, label_smoothing=eps, **TOKENS)
+    losses.sum().backward()
+    assert bool((pc.grad - pr.grad < 0).all()), (pc.grad, pr.grad)
 
 
 # ---------------------------------------------------------------------------------------------- rewards
@@ -200,11 +302,39 @@ def test_label_smoothing_must_lie_in_zero_to_half(eps):
         dpo_loss(PC, PR, RC, RR, beta=0.1, label_smoothing=eps)
 
 
-@pytest.mark.parametrize("loss_type", ["hinge", "ipo"])
-def test_label_smoothing_is_refused_for_hinge_and_ipo(loss_type):
-    fragment = f"label_smoothing applies to the 'sigmoid' and 'robust' losses, not '{loss_type}'"
+@pytest.mark.parametrize("loss_type", [t for t in LOSS_TYPES if t not in SMOOTHED])
+def test_label_smoothing_is_refused_where_the_loss_would_ignore_it(loss_type):
+    with pytest.raises(ValueError, match=f"label_smoothing is used only by .*not '{loss_type}'.*set label_smoothing=0"):
+        dpo_loss(PC, PR, RC, RR, beta=0.1, loss_type=loss_type, label_smoothing=0.1, **TOKENS)
+
+
+def test_exo_pair_needs_positive_label_smoothing():
+    with pytest.raises(ValueError, match="'exo_pair' loss needs label_smoothing ε > 0"):
+        dpo_loss(PC, PR, RC, RR, loss_type="exo_pair")
+
+
+@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm", "sft"])
+def test_per_token_losses_need_token_counts(loss_type):
+    with pytest.raises(ValueError, match=f"loss_type '{loss_type}' averages log-probs per token: pass chosen_tokens"):
+        dpo_loss(PC, PR, RC, RR, loss_type=loss_type)
+
+
+@pytest.mark.parametrize("tokens", [torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3, 4]), [1, 2, 3, 4]])
+def test_token_counts_must_be_positive_with_one_per_pair(tokens):
+    with pytest.raises(ValueError, match="chosen_tokens must be a tensor of counts ≥ 1 with one entry per pair"):
+        dpo_loss(PC, PR, RC, RR, loss_type="ipo", chosen_tokens=tokens, rejected_tokens=NR)
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, r"loss_weights must be a list with one weight per loss"),
+    ({"loss_type": ["sigmoid"], "loss_weights": [float("nan")]}, r"loss_weights\[0\] must be a finite number"),
+    ({"loss_type": []}, "loss_type must be a loss name or a non-empty list"),
+    ({"loss_type": ["sigmoid", "dpo"]}, "unknown loss_type 'dpo'; choose one of 'sigmoid'"),
+    ({"loss_type": "discopop", "discopop_tau": 0}, "discopop_tau must be a positive finite number"),
+])
+def test_bad_loss_type_lists_weights_and_tau_are_refused(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
-        dpo_loss(PC, PR, RC, RR, beta=0.1, loss_type=loss_type, label_smoothing=0.1)
+        dpo_loss(PC, PR, RC, RR, **TOKENS, **kwargs)
 
 
 @pytest.mark.parametrize("loss_type", ["kto", "Sigmoid", ""])
@@ -244,7 +374,7 @@ def test_evaluate_a_policy_against_itself_gives_ln2_and_zero_rewards():
                            "logps/chosen", "logps/rejected"}
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "sigmoid_norm", "sft", "aot", ["sigmoid", "sft"]])
 def test_evaluate_equals_the_trainers_first_step_on_a_batch_of_every_pair(loss_type):
     from alignlecture.dpo import evaluate
     from alignlecture.models import tiny_policy

@@ -519,12 +519,23 @@ def test_dataset_missing_a_column_is_refused(missing):
         ({"lr_scheduler_type": "step"}, "lr_scheduler_type must be one of"),
         ({"optimizer": "adam"}, "optimizer must be 'adamw' or 'sgd'"),
         ({"trainable_layers": 0}, "trainable_layers must be ≥ 1 or None"),
-        ({"loss_type": "hinge", "label_smoothing": 0.1}, "label_smoothing applies to the 'sigmoid' and 'robust'"),
+        ({"loss_type": "hinge", "label_smoothing": 0.1}, "label_smoothing is used only by .* not .hinge."),
+        ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "loss_weights must be a list with one weight per"),
+        ({"loss_type": "exo_pair"}, "needs label_smoothing ε > 0"),
     ],
 )
 def test_config_validation_refuses_bad_values(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         DPOConfig(**kwargs)
+
+
+def test_config_accepts_every_loss_type_and_trls_list_of_losses():
+    from alignlecture.dpo import LOSS_TYPES
+
+    for loss_type in LOSS_TYPES:
+        DPOConfig(loss_type=loss_type, label_smoothing=0.001 if loss_type == "exo_pair" else 0.0)
+    cfg = DPOConfig(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0])
+    assert cfg.loss_weights == [0.8, 0.2, 1.0] and cfg.discopop_tau == 0.05
 
 
 def test_trainable_layers_deeper_than_the_model_is_refused():

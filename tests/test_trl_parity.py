@@ -1,4 +1,5 @@
-"""Parity with TRL 1.16's DPOTrainer: same token ids, same loss (sigmoid, ipo, hinge), same logged metrics.
+"""Parity with TRL 1.16's DPOTrainer: same token ids, same loss for each of its 15 loss types (and a weighted
+list of them), same logged metrics.
 
 TRL tokenizes prompt+completion as one string, so every completion here starts with a space; with the word-level
 toy tokenizer our encode_pairs(chat=False, add_eos=True) then yields the very same ids. Our side runs on separate,
@@ -15,7 +16,7 @@ import torch
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-from alignlecture.dpo import dpo_loss, dpo_metrics  # noqa: E402
+from alignlecture.dpo import LOSS_TYPES, SMOOTHED, dpo_loss, dpo_metrics  # noqa: E402
 from alignlecture.logprobs import completion_logprobs, encode_pairs  # noqa: E402
 from alignlecture.models import tiny_policy  # noqa: E402
 from alignlecture.train import DPOConfig as OurConfig  # noqa: E402
@@ -33,16 +34,28 @@ METRICS = (
     "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected",
 )
 LOGP_KEYS = ("logps/chosen", "logps/rejected")
+# ε where a loss reads it (exo_pair needs ε > 0; 'sigmoid' is compared at ε = 0: TRL ignores ε there, we do cDPO)
+SMOOTHING = {name: 0.1 for name in SMOOTHED if name != "sigmoid"}
+# TRL's list-of-losses: MPO's combination (Wang et al. 2024) with its weights
+MIXED, MIXED_WEIGHTS = ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]
 
 
-def trl_trainer(tmp_dir: str, loss_type: str, precompute: bool = False):
+def loss_kwargs(loss_type) -> dict:
+    """The loss hyper-parameters a test uses for ``loss_type`` (a name or TRL's list of names)."""
+    if isinstance(loss_type, list):
+        return {"loss_type": loss_type, "loss_weights": MIXED_WEIGHTS}
+    return {"loss_type": loss_type, "label_smoothing": SMOOTHING.get(loss_type, 0.0)}
+
+
+def trl_trainer(tmp_dir: str, loss_type, precompute: bool = False):
     import trl
 
+    # fresh models per trainer: TRL changes the model it is given (and its tokenizer) in place
     policy, ref = tiny_policy(seed=0, device="cpu"), tiny_policy(seed=1, device="cpu")
     args = trl.DPOConfig(
-        output_dir=tmp_dir, report_to="none", beta=BETA, loss_type=loss_type, per_device_train_batch_size=N,
+        output_dir=tmp_dir, report_to="none", beta=BETA, per_device_train_batch_size=N,
         bf16=False, gradient_checkpointing=False, use_cpu=True, max_length=None, disable_dropout=True, seed=0,
-        precompute_ref_log_probs=precompute,
+        precompute_ref_log_probs=precompute, **loss_kwargs(loss_type),
     )
     data = datasets.Dataset.from_dict({"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED})
     return trl.DPOTrainer(model=policy.model, ref_model=ref.model, args=args, train_dataset=data,
@@ -60,27 +73,28 @@ def trl_step(trainer):
 
 
 @torch.no_grad()
-def our_step(batch, loss_type: str):
-    """Our loss and metrics on the same rows ([all chosen; all rejected], as TRL lays them out)."""
+def our_step(batch, loss_type):
+    """Our loss and metrics on the same rows ([all chosen; all rejected], as TRL lays them out): summed log-probs
+    and completion token counts (eos included), the per-token losses averaging inside dpo_loss as TRL does."""
     policy, ref = tiny_policy(seed=0, device="cpu"), tiny_policy(seed=1, device="cpu")
     b = {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
     lp = completion_logprobs(policy.model, **b).per_sequence
     rl = completion_logprobs(ref.model, **b).per_sequence
+    n_tokens = b["completion_mask"].sum(dim=1)
     k = lp.shape[0] // 2
-    # the metrics TRL logs are always on summed log-probs; IPO's loss uses per-token averages (EOS included)
-    _, cr, rr = dpo_loss(lp[:k], lp[k:], rl[:k], rl[k:], beta=BETA)
-    metrics = dpo_metrics(cr, rr, lp[:k], lp[k:])
-    if loss_type == "ipo":
-        n_tokens = b["completion_mask"].sum(dim=1)
-        lp, rl = lp / n_tokens, rl / n_tokens
-    losses, _, _ = dpo_loss(lp[:k], lp[k:], rl[:k], rl[k:], beta=BETA, loss_type=loss_type)
-    return float(losses.mean()), metrics
+    losses, cr, rr = dpo_loss(lp[:k], lp[k:], rl[:k], rl[k:], beta=BETA, chosen_tokens=n_tokens[:k],
+                              rejected_tokens=n_tokens[k:], **loss_kwargs(loss_type))
+    return float(losses.mean()), dpo_metrics(cr, rr, lp[:k], lp[k:])
 
 
-@pytest.fixture(scope="module", params=["sigmoid", "ipo", "hinge"])
+def relative_difference(ours: float, theirs: float) -> float:
+    return abs(ours - theirs) / max(abs(theirs), 1e-12)
+
+
+@pytest.fixture(scope="module", params=[*LOSS_TYPES, MIXED], ids=[*LOSS_TYPES, "+".join(MIXED)])
 def both(request, tmp_path_factory):
     loss_type = request.param
-    trainer = trl_trainer(str(tmp_path_factory.mktemp(f"trl-{loss_type}")), loss_type)
+    trainer = trl_trainer(str(tmp_path_factory.mktemp("trl")), loss_type)
     trl_loss, trl_metrics, batch = trl_step(trainer)
     our_loss, our_metrics = our_step(batch, loss_type)
     return {"loss_type": loss_type, "trainer": trainer, "batch": batch, "trl": (trl_loss, trl_metrics),
@@ -113,8 +127,8 @@ def test_loss_matches_trl(both):
     assert math.isfinite(trl_loss)
     if both["loss_type"] == "sigmoid":
         assert abs(trl_loss - math.log(2)) > 1e-3  # reference ≠ policy: the comparison is not ln 2 = ln 2
-    # IPO's loss is ≈ 25 = 1/(4β²): float32 spacing there is 2e-6, so compare it relatively
-    assert our_loss == pytest.approx(trl_loss, rel=1e-6, abs=1e-6)
+    # both sides compute in float32; IPO's loss is ≈ 25 = 1/(4β²), where float32 spacing is 2e-6
+    assert relative_difference(our_loss, trl_loss) <= 1e-6, (our_loss, trl_loss)
 
 
 @pytest.mark.parametrize("name", METRICS)
@@ -149,6 +163,17 @@ def test_sigmoid_label_smoothing_is_ignored_by_trl_but_is_cdpo_here(tmp_path):
         rl = completion_logprobs(tiny_policy(seed=1, device="cpu").model, **b).per_sequence
     cdpo, _, _ = dpo_loss(lp[:N], lp[N:], rl[:N], rl[N:], beta=BETA, label_smoothing=0.2)
     assert abs(float(cdpo.mean()) - trl_loss) > 1e-3
+
+
+def test_our_trainer_first_step_loss_equals_trls(both):
+    """Our DPOTrainer (every loss type, and the weighted list) logs TRL's loss on a first batch of every pair."""
+    data = {"prompt": PROMPTS, "chosen": [c.strip() for c in CHOSEN], "rejected": [r.strip() for r in REJECTED]}
+    cfg = OurConfig(beta=BETA, per_device_train_batch_size=N, max_steps=1, progress=False, chat=False,
+                    **loss_kwargs(both["loss_type"]))
+    history = OurTrainer(tiny_policy(seed=0, device="cpu"), data, cfg,
+                         ref_policy=tiny_policy(seed=1, device="cpu")).train().history
+    trl_loss, _ = both["trl"]
+    assert relative_difference(history[0]["loss"], trl_loss) <= 1e-5, (history[0]["loss"], trl_loss)
 
 
 def test_our_ipo_trainer_logs_metrics_on_summed_log_probs_like_trl(tmp_path):
