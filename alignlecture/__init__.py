@@ -46,6 +46,7 @@ _SUBMODULES = (
     "checkpoint",
     "shell",
     "solutions",
+    "losses",
 )
 
 

@@ -53,7 +53,7 @@ class Pairs:
         return self.w - self.l
 
 
-def _smoothed(z: torch.Tensor, eps: float) -> torch.Tensor:
+def smoothed_logistic(z: torch.Tensor, eps: float) -> torch.Tensor:
     """−(1−ε) log σ(z) − ε log σ(−z): the logistic loss with labels flipped with probability ε."""
     return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
 
@@ -61,7 +61,7 @@ def _smoothed(z: torch.Tensor, eps: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- the 15 losses
 def sigmoid(p: Pairs) -> torch.Tensor:
     """DPO −(1−ε) log σ(βh) − ε log σ(−βh) (Rafailov et al. 2023; ε > 0 is cDPO, Mitchell 2023 — TRL ignores ε)."""
-    return _smoothed(p.beta * p.h, p.eps)
+    return smoothed_logistic(p.beta * p.h, p.eps)
 
 
 def hinge(p: Pairs) -> torch.Tensor:
@@ -105,13 +105,13 @@ def aot(p: Pairs) -> torch.Tensor:
     """AOT: the smoothed logistic loss of δ = sort(log π_w − log π_l) − sort(log π_ref,w − log π_ref,l) over the
     batch, quantile against quantile (Melnyk et al. 2024). Entry k is the k-th sorted position, not pair k."""
     delta = torch.sort(p.pc - p.pr).values - torch.sort(p.rc - p.rr).values
-    return _smoothed(p.beta * delta, p.eps)
+    return smoothed_logistic(p.beta * delta, p.eps)
 
 
 def aot_unpaired(p: Pairs) -> torch.Tensor:
     """AOT unpaired: δ = sort(ρ_w) − sort(ρ_l) over the batch, chosen and rejected sorted apart (Melnyk et al.
     2024). Entry k is the k-th sorted position."""
-    return _smoothed(p.beta * (torch.sort(p.w).values - torch.sort(p.l).values), p.eps)
+    return smoothed_logistic(p.beta * (torch.sort(p.w).values - torch.sort(p.l).values), p.eps)
 
 
 def apo_zero(p: Pairs) -> torch.Tensor:
@@ -181,7 +181,8 @@ def check_dpo_args(beta: float, loss_type, label_smoothing: float, loss_weights=
     positive_finite(discopop_tau, "discopop_tau", "DiscoPOP's temperature τ")
     if loss_weights is None:
         return names, (1.0,) * len(names)
-    if isinstance(loss_weights, (str, bytes)) or not isinstance(loss_weights, Sequence) or len(loss_weights) != len(names):
+    listed = isinstance(loss_weights, Sequence) and not isinstance(loss_weights, (str, bytes))
+    if not listed or len(loss_weights) != len(names):
         raise ValueError(f"loss_weights must be a list with one weight per loss type ({len(names)} for {list(names)});"
                          f" got {loss_weights!r}")
     return names, tuple(finite_number(w, f"loss_weights[{k}]") for k, w in enumerate(loss_weights))
@@ -193,7 +194,8 @@ def _check_batch(logps: Sequence[torch.Tensor], tokens: Sequence, names: Sequenc
     shape = logps[0].shape
     if len(shape) != 1 or any(t.shape != shape for t in logps):
         raise ValueError(
-            f"the four log-prob tensors must be 1-D with one entry per pair; got shapes {[tuple(t.shape) for t in logps]}"
+            "the four log-prob tensors must be 1-D with one entry per pair; got shapes "
+            f"{[tuple(t.shape) for t in logps]}"
         )
     if shape[0] == 0:
         raise ValueError("empty batch: DPO needs at least one (chosen, rejected) pair")
@@ -246,7 +248,7 @@ def dpo_loss(
       apo_down     ✓ σ(βρ_w) + 1 − σ(βh)                              APO, D'Oosterlinck et al. 2024
       discopop     ✓ (1−m)(−log σ(βh)) + m e^{−βh}, m = σ(βh/τ)        DiscoPOP, Lu et al. 2024
       sft          – −log π(y_w)/n̄_w (n̄_w: the batch's mean chosen length)   MPO's SFT term, Wang et al. 2024
-      sigmoid_norm ✓ −log σ(β(ρ_w/n_w − ρ_l/n_l))                     length-normalised DPO (cf. SimPO, Meng et al. 2024)
+      sigmoid_norm ✓ −log σ(β(ρ_w/n_w − ρ_l/n_l))                     length-normalised DPO (cf. SimPO, Meng 2024)
     'aot', 'aot_unpaired' and 'sft' are batch-level: entry k depends on the whole batch (the aot ones are sorted).
     """
     names, weights = check_dpo_args(beta, loss_type, label_smoothing, loss_weights, discopop_tau)

@@ -140,7 +140,8 @@ def test_aot_losses_pair_sorted_quantiles_and_are_permutation_invariant(eps):
 
 def test_a_list_of_loss_types_is_their_weighted_sum():
     kw = dict(beta=0.2, **TOKENS)
-    mixed, cr, rr = dpo_loss(PC, PR, RC, RR, loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0], **kw)
+    mixed, cr, rr = dpo_loss(PC, PR, RC, RR, loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0],
+                             **kw)
     parts = [dpo_loss(PC, PR, RC, RR, loss_type=t, **kw)[0] for t in ("sigmoid", "bco_pair", "sft")]
     torch.testing.assert_close(mixed, 0.8 * parts[0] + 0.2 * parts[1] + parts[2], rtol=1e-12, atol=1e-12)
     unweighted, _, _ = dpo_loss(PC, PR, RC, RR, loss_type=["sigmoid", "hinge"], **kw)
