@@ -28,6 +28,8 @@ _SUBMODULES = (
     "widgets",
     "exercises",
     "zoo",
+    "recipes",
+    "evaluation",
     "stats",
     "merging",
     "mixing",

@@ -148,7 +148,7 @@ def shared_features(world, kind: str) -> torch.Tensor | None:
 def dpo_weights(pi, pi_ref, chosen, rejected, beta: float) -> torch.Tensor:
     """c/η = β σ(r̂_l − r̂_w) per pair, with r̂ = β log π/π_ref (exact, toy world), Tensor [M]."""
     beta = positive_finite(beta, "beta", "the KL coefficient")
-    pi.world._check_own(pi_ref, "pi_ref")
+    pi.world.check_policy(pi_ref, "pi_ref")
     return dpo_weight(pi.logprobs(chosen), pi.logprobs(rejected), pi_ref.logprobs(chosen), pi_ref.logprobs(rejected), beta)
 
 
@@ -166,7 +166,7 @@ def population_direction(pi, pi_ref, rewards, beta: float, *, features=None, nor
     """
     beta = positive_finite(beta, "beta", "the KL coefficient")
     world = pi.world
-    world._check_own(pi_ref, "pi_ref")
+    world.check_policy(pi_ref, "pi_ref")
     r, p = world.check_values(rewards, "rewards"), pi_ref.probs()
     r_hat = beta * (pi.sequence_logprobs() - pi_ref.sequence_logprobs())
     coef = p[:, None] * p[None, :] * beta * (torch.sigmoid(r[:, None] - r[None, :]) - torch.sigmoid(r_hat[:, None] - r_hat[None, :]))
@@ -216,7 +216,7 @@ def tabular_chosen_change(pi, chosen, rejected) -> torch.Tensor:
 def shared_prefix_length(world, chosen, rejected) -> torch.Tensor:
     """Number of leading tokens two responses share before they part (eos counts as a token), LongTensor [M]."""
     same_shape(chosen, rejected, ("chosen", "rejected"))
-    world._encode(chosen), world._encode(rejected)
+    world.encode(chosen), world.encode(rejected)
     differ = chosen.long() != rejected.long()
     return torch.where(differ.any(1), differ.long().argmax(1), torch.full_like(differ[:, 0], world.max_len, dtype=torch.long))
 
@@ -251,7 +251,7 @@ def _encoded(pi, responses):
         raise TypeError(f"pi must be a toy TabularPolicy; got {type(pi).__name__}")
     if not isinstance(responses, torch.Tensor):
         raise ValueError(f"responses must be a LongTensor [M, max_len={pi.world.max_len}]; got {type(responses).__name__}")
-    return pi.world._encode(responses)
+    return pi.world.encode(responses)
 
 
 # ---------------------------------------------------------------------------------------------- real models

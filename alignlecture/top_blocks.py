@@ -12,7 +12,14 @@ from collections.abc import Sequence
 
 import torch
 
-from .logprobs import completion_logprobs, logprobs_from_hidden, pad_rows, position_ids_from_mask, tokenize_pairs
+from .logprobs import (
+    completion_logprobs,
+    logprobs_from_hidden,
+    pad_rows,
+    position_ids_from_mask,
+    prompt_token_ids,
+    tokenize_pairs,
+)
 
 
 class TopLayers(torch.nn.Module):
@@ -82,6 +89,33 @@ def sequence_logprobs_many(
         if tokenize_pairs(pol, prompts, completions, chat=chat, add_eos=add_eos, max_length=max_length) != (rows, masks):
             raise ValueError(f"{pol.name} tokenises the pairs differently from {policies[0].name} (another tokenizer "
                              "or prompt format); score it with sequence_logprobs on its own")
+    return rows_logprobs_many(policies, rows, masks, batch_size=batch_size)
+
+
+@torch.no_grad()
+def generation_logprobs_many(policies: Sequence, generations, *, chat: bool = True, batch_size: int = 16) -> torch.Tensor:
+    """log π_k(y | x) of several policies on the exact token ids a ``models.generate`` call sampled, Tensor
+    [policies, n] (``logprobs.generation_logprobs`` for each policy, the shared lower blocks run once)."""
+    policies = list(policies)
+    if not policies:
+        raise ValueError("no policies given; pass a list of one or more policies")
+    if any(len(c) == 0 for c in generations.completion_ids):
+        raise ValueError("a generation has no completion tokens to score")
+    prompt_ids = [prompt_token_ids(policies[0], p, chat=chat) for p in generations.prompts]
+    for pol in policies[1:]:
+        if [prompt_token_ids(pol, p, chat=chat) for p in generations.prompts] != prompt_ids:
+            raise ValueError(f"{pol.name} formats the prompts differently from {policies[0].name}; score it with "
+                             "logprobs.generation_logprobs on its own")
+    rows = [list(p) + list(c) for p, c in zip(prompt_ids, generations.completion_ids)]
+    masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompt_ids, generations.completion_ids)]
+    return rows_logprobs_many(policies, rows, masks, batch_size=batch_size)
+
+
+@torch.no_grad()
+def rows_logprobs_many(policies: Sequence, rows, masks, *, batch_size: int = 16) -> torch.Tensor:
+    """Summed completion log-probs of token ``rows`` (masks: 1 = scored) under each policy, Tensor [policies, n]:
+    each distinct row once, the lower blocks the policies share run once (see ``sequence_logprobs_many``)."""
+    policies = list(policies)
     index = {}
     for row, mask in zip(rows, masks):
         index.setdefault((tuple(row), tuple(mask)), len(index))

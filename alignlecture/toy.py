@@ -124,7 +124,6 @@ class ToyWorld:
         nodes = torch.where(mask, codes + offsets[None, :], torch.zeros_like(codes))
         return nodes, mask
 
-    _encode = encode  # former private name, until entanglement calls encode
 
     # ------------------------------------------------------------------ prefixes
     def prefix_index(self, prefix: Sequence[int]) -> int:
@@ -320,7 +319,6 @@ class ToyWorld:
             )
         return policy
 
-    _check_own = check_policy  # former private name, until entanglement and dpo call check_policy
 
     def __repr__(self) -> str:
         return (

@@ -1,86 +1,35 @@
 """A small zoo of tuned policies: named, seeded DPO recipes that train on first use and are cached.
 
-Chapters 3–7 reuse chapter 2's tuned SmolLM2s through ``load_tuned(name)``. A recipe fixes everything —
-prompts, sampling seed, annotator sharpness, DPO config — so the same recipe gives the same weights on the
-same kind of machine. Only the tensors that training changed are stored (a few MB), next to the recipe.
+Chapters 3–7 reuse chapter 2's tuned SmolLM2s through ``load_tuned(name)``. A recipe (``recipes``) fixes
+everything — prompts, sampling seed, annotator sharpness, DPO config — so the same recipe gives the same weights
+on the same kind of machine. Only the tensors that training changed are stored (a few MB), next to the recipe.
+
+Every policy carries a model card in the Hugging Face convention, ``README.md`` beside its weights
+(``model_card(name)``): the recipe, and an evaluation against the base model on prompts it never trained on —
+gold reward, KL and fluency with 95 % intervals (``evaluation``), computed once, with the policy, and stored as
+``evaluation.json`` (``evaluation(name)``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from . import samples
 from .cache import atomic_directory, cache_dir
-from .models import Policy, generate, load_policy
-from .preferences import PreferenceDataset, all_pairs_dataset
-from .prompts import prompt_set
-from .rewards import gold_reward
+from .evaluation import Evaluation, evaluate
+from .models import KNOWN_MODELS, Policy, load_policy
+from .preferences import PreferenceDataset
+from .recipes import (  # noqa: F401  (the zoo's recipe book, read through zoo by the chapters)
+    DPO_DEFAULTS, EVAL_SAMPLES_PER_PROMPT, EVAL_SEED, RECIPES, SEEDS, Recipe, evaluation_prompts, preference_data,
+    recipe, seeded,
+)
+from .stats import verdict
+from .top_blocks import TopLayers
 from .train import DPOConfig, DPOTrainer, TrainResult
-
-
-DPO_DEFAULTS = dict(beta=0.1, learning_rate=2e-4, batch_size=8, num_epochs=2, trainable_layers=4, seed=0)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a zoo policy is made: base model, gold reward, data and DPO settings."""
-
-    name: str
-    description: str
-    gold: str
-    base: str = "smollm2-135m-instruct"
-    num_prompts: int = 20
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 32
-    sample_seed: int = 0
-    label_scale: float = 10.0  # a sharp annotator: labels agree with the gold order ~87% of the time
-    label_seed: int = 0
-    dpo: dict = field(default_factory=lambda: dict(DPO_DEFAULTS))
-
-    def key(self) -> str:
-        """A short hash of every field: a changed recipe never reads an old cache."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
-
-RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in (
-        Recipe("smollm2-positivity", "SmolLM2-135M-Instruct tuned by DPO toward VADER positivity", gold="positivity"),
-        Recipe("smollm2-negativity", "SmolLM2-135M-Instruct tuned by DPO toward VADER negativity (the opposite "
-               "objective: it trades off exactly against positivity)", gold="negativity"),
-        Recipe("smollm2-neutrality", "SmolLM2-135M-Instruct tuned by DPO toward VADER's neutral share (a sober "
-               "register: the second objective of chapter 3's multi-objective front)", gold="neutrality"),
-        Recipe("smollm2-positivity-beta0.2", "smollm2-positivity trained at β = 0.2 instead of 0.1 (chapter 3 "
-               "compares it with β adjustment by logit mixing)", gold="positivity",
-               dpo={**DPO_DEFAULTS, "beta": 0.2}),
-        Recipe("smollm2-positivity-normalized", "smollm2-positivity trained by pairwise-normalized descent instead "
-               "of the plain DPO gradient (chapter 4 compares the two runs)", gold="positivity",
-               dpo={**DPO_DEFAULTS, "pairwise_normalized": True}),
-    )
-}
-
-
-def recipe(name: str) -> Recipe:
-    """The recipe called ``name``."""
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise ValueError(f"unknown zoo policy {name!r}; choose one of {sorted(RECIPES)}") from None
-
-
-def preference_data(rec: Recipe, policy: Policy) -> PreferenceDataset:
-    """Sample responses from the base policy on training prompts; label every pair per prompt by BT on the gold reward."""
-    prompts = prompt_set("train")[: rec.num_prompts]
-    k = rec.samples_per_prompt
-    samples = generate(policy, [x for x in prompts for _ in range(k)], max_new_tokens=rec.max_new_tokens,
-                       seed=rec.sample_seed, batch_size=40)
-    texts = [samples.texts[i * k : (i + 1) * k] for i in range(len(prompts))]
-    return all_pairs_dataset(prompts, texts, gold_reward(rec.gold), scale=rec.label_scale, seed=rec.label_seed)
 
 
 # Recipes keep the field names DPOConfig had when they were written, because their cache keys hash them.
@@ -100,12 +49,14 @@ def _dir(rec: Recipe) -> Path:
 
 
 def train(name: str, *, device=None, progress: bool = False) -> tuple[TrainResult, PreferenceDataset]:
-    """Train a zoo policy from scratch (always) and store it in the cache; returns the run and its data."""
+    """Train a zoo policy from scratch (always), store it in the cache, evaluate it and write its model card;
+    returns the run and its data."""
     rec = recipe(name)
     policy = load_policy(rec.base, device=device)
-    data = preference_data(rec, policy)
+    data = samples.preference_data(rec, policy)
     result = DPOTrainer(policy, data, dpo_config(rec, progress=progress)).train()
     save_tuned(rec, result.policy)
+    write_card(rec, result.policy, _evaluate(rec, result.policy))
     return result, data
 
 
@@ -139,3 +90,116 @@ def load_tuned(name: str, *, device=None, progress: bool = False) -> Policy:
     policy.model.load_state_dict(changed, strict=False)
     policy.name = name
     return policy
+
+
+CARD, EVALUATION = "README.md", "evaluation.json"
+
+
+def _evaluate(rec: Recipe, tuned: Policy) -> Evaluation:
+    """The card's evaluation of ``tuned`` against the recipe's base model (``evaluation.evaluate``)."""
+    base = load_policy(rec.base, device=tuned.device)
+    return evaluate(tuned, base, evaluation_prompts(rec), gold=rec.gold, samples_per_prompt=EVAL_SAMPLES_PER_PROMPT,
+                    max_new_tokens=rec.max_new_tokens, seed=EVAL_SEED)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def evaluation(name: str, *, device=None) -> Evaluation:
+    """The zoo policy's evaluation against its base model: read from beside its weights, or computed now (and
+    the policy trained first, if it is not in the cache) and stored with its model card."""
+    rec = recipe(name)
+    path = _dir(rec) / EVALUATION
+    if not path.is_file():
+        policy = load_tuned(name, device=device)  # trains, evaluates and writes the card when not cached
+        if not path.is_file():  # weights cached before cards existed, or saved by a chapter's own run
+            write_card(rec, policy, _evaluate(rec, policy))
+    return Evaluation.from_dict(json.loads(path.read_text()))
+
+
+def model_card(name: str, *, device=None) -> str:
+    """The zoo policy's model card (Hugging Face ``README.md``: YAML front matter, recipe, evaluation)."""
+    evaluation(name, device=device)
+    return (_dir(recipe(name)) / CARD).read_text()
+
+
+def optimizer_steps(rec: Recipe, num_pairs: int) -> int:
+    """How many optimizer steps the recipe's DPO run takes on ``num_pairs`` pairs (what ``DPOTrainer`` runs)."""
+    cfg = dpo_config(rec)
+    steps = (cfg.num_train_epochs * num_pairs // cfg.per_device_train_batch_size) // cfg.gradient_accumulation_steps
+    return min(steps, cfg.max_steps) if cfg.max_steps > 0 else steps
+
+
+def write_card(rec: Recipe, policy: Policy, ev: Evaluation) -> str:
+    """Store ``ev`` and the model card built from it beside the recipe's weights; returns the card."""
+    card = card_text(rec, policy, ev)
+    out = _dir(rec)
+    _write(out / EVALUATION, json.dumps(ev.to_dict(), indent=2, sort_keys=True))
+    _write(out / CARD, card)
+    return card
+
+
+def card_text(rec: Recipe, policy: Policy, ev: Evaluation) -> str:
+    """The model card of ``rec``'s policy: front matter, how it was made, how it compares with its base."""
+    cfg = dpo_config(rec)
+    pairs = rec.num_prompts * rec.samples_per_prompt * (rec.samples_per_prompt - 1) // 2
+    if cfg.trainable_layers:
+        top = TopLayers(policy.model, cfg.trainable_layers)
+        trained = f"the top {cfg.trainable_layers} decoder blocks and the final norm"
+        count = sum(p.numel() for p in top.trained())
+    else:
+        trained, count = "every parameter", sum(p.numel() for p in policy.model.parameters())
+    method = "pairwise-normalized descent on the DPO loss" if cfg.pairwise_normalized else "DPO"
+    hub = KNOWN_MODELS[rec.base].hub_id if rec.base in KNOWN_MODELS else rec.base
+    gain = verdict(ev.gold_gain.low, ev.gold_gain.high)
+    fluency = verdict(ev.nll_gain.low, ev.nll_gain.high, up="rises (text less plausible to the base model)",
+                      down="falls (text more plausible to the base model)", flat="is unchanged within noise")
+    return f"""---
+base_model: {hub}
+library_name: alignlecture
+pipeline_tag: text-generation
+tags:
+- alignlecture
+- dpo
+- {rec.gold}
+---
+
+# {rec.name}
+
+{rec.description}.
+
+Load it with `alignlecture.zoo.load_tuned("{rec.name}")`: the zoo stores only the tensors training changed, on
+top of `{hub}`.
+
+## How it was made
+
+- **Data**: {rec.num_prompts} training prompts × {rec.samples_per_prompt} answers sampled from the base model (at
+  most {rec.max_new_tokens} new tokens, seed {rec.sample_seed}); every pair of one prompt's answers labelled by a
+  simulated annotator, Bradley–Terry on the gold reward `{rec.gold}` with sharpness {rec.label_scale:g} (seed
+  {rec.label_seed}): {pairs} pairs.
+- **Training**: {method}, loss `{cfg.loss_type}`, β = {cfg.beta:g}, learning rate {cfg.learning_rate:g}
+  ({cfg.optimizer}, {cfg.lr_scheduler_type} schedule), {cfg.per_device_train_batch_size} pairs per step,
+  {cfg.num_train_epochs} epochs = {optimizer_steps(rec, pairs)} optimizer steps, seed {cfg.seed}.
+- **Trained parameters**: {trained} ({count:,} parameters); everything else is the base model's.
+
+## Evaluation
+
+{ev.prompts} prompts it never trained on × {ev.samples_per_prompt} samples from each policy (seed {ev.seed}, at most
+{ev.max_new_tokens} new tokens). Means over prompts with 95 % bootstrap intervals over the prompts.
+
+| | base model | this policy | change |
+|---|---|---|---|
+| gold reward `{ev.gold}` | {ev.gold_base.text()} | {ev.gold_tuned.text()} | {ev.gold_gain.text(signed=True)} |
+| per-token NLL under the base model (fluency; lower reads as more plausible) | {ev.nll_base.text()} | {ev.nll_tuned.text()} | {ev.nll_gain.text(signed=True)} |
+| KL(π ‖ π_base), nats per response, from this policy's samples | 0 | {ev.kl.text(2)} | |
+
+The gold reward {gain}; the per-token NLL under the base model {fluency}.
+
+Limits: one training seed per card (the `-seedN` recipes repeat the run with other seeds); a 135M-parameter
+model; a lexicon-based gold reward (VADER), which rewards words, not meaning — read the samples before calling
+the policy aligned.
+"""

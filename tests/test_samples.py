@@ -69,16 +69,16 @@ def test_pool_is_m_samples_of_each_prompt_prompt_major_and_is_cached(cache, monk
 
 
 def test_preference_data_is_the_zoo_recipes_pairs_computed_once_per_recipe_and_policy(cache, monkeypatch):
-    from alignlecture import zoo
+    from alignlecture import recipes, zoo
     from alignlecture.preferences import all_pairs_dataset
 
     calls = []
 
-    def fake(rec, policy):  # zoo.preference_data without the model: records what it was asked for
+    def fake(rec, policy):  # recipes.preference_data without the model: records what it was asked for
         calls.append((rec.name, policy.name))
         return all_pairs_dataset(["p"], [["a", "bb"]], lambda t: [float(len(x)) for x in t], seed=0)
 
-    monkeypatch.setattr(zoo, "preference_data", fake)
+    monkeypatch.setattr(recipes, "preference_data", fake)
     pi, other = tiny_policy(seed=0), tiny_policy(seed=1, name="other")
     first = samples.preference_data("smollm2-positivity", pi)
     again = samples.preference_data(zoo.recipe("smollm2-positivity"), pi)  # a Recipe or its name: one key

@@ -49,3 +49,17 @@ def test_sequence_logprobs_many_falls_back_when_embeddings_differ_and_refuses_ot
     b.format_prompt = lambda prompt, chat=True: "question: " + prompt  # another prompt format
     with pytest.raises(ValueError, match="tokenises the pairs differently"):
         sequence_logprobs_many([a, b], ["describe the weather"], ["rain"], chat=False)
+
+
+def test_generation_logprobs_many_equals_generation_logprobs_of_each_policy():
+    from alignlecture.logprobs import generation_logprobs
+    from alignlecture.models import generate
+    from alignlecture.top_blocks import generation_logprobs_many
+
+    a, b, c = _three_tiny_policies()
+    gens = generate(a, ["describe the weather", "the film", "rain"], max_new_tokens=5, seed=0)
+    many = generation_logprobs_many([a, b, c], gens)
+    for j, pol in enumerate((a, b, c)):
+        torch.testing.assert_close(many[j], generation_logprobs(pol, gens).float(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no policies given"):
+        generation_logprobs_many([], gens)

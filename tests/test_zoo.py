@@ -50,3 +50,39 @@ def test_save_tuned_that_fails_midway_leaves_no_directory(smollm, tmp_path, monk
     with pytest.raises(OSError, match="disk full"):
         zoo.save_tuned(zoo.recipe("smollm2-positivity"), smollm)
     assert list((tmp_path / "zoo").iterdir()) == []  # neither the recipe's directory nor a temp dir
+
+
+def test_a_model_card_has_hugging_face_front_matter_the_recipe_and_the_evaluation(tmp_path, monkeypatch):
+    from alignlecture.evaluation import Evaluation, Interval
+    from alignlecture.models import tiny_policy
+
+    monkeypatch.setenv("ALIGNLECTURE_CACHE", str(tmp_path))
+    rec = zoo.recipe("smollm2-positivity")
+    i = lambda m, lo, hi: Interval(m, lo, hi)  # noqa: E731
+    ev = Evaluation(prompts=36, samples_per_prompt=4, seed=1, max_new_tokens=32, gold="positivity",
+                    gold_base=i(0.2, 0.1, 0.3), gold_tuned=i(0.4, 0.3, 0.5), gold_gain=i(0.2, 0.1, 0.3),
+                    kl=i(4.0, 3.5, 4.5), nll_base=i(3.0, 2.9, 3.1), nll_tuned=i(3.4, 3.2, 3.6), nll_gain=i(0.4, 0.2, 0.6))
+    zoo._dir(rec).mkdir(parents=True)
+    card = zoo.write_card(rec, tiny_policy(seed=0, num_layers=4, device="cpu"), ev)
+    front = card.split("---")[1]
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in front and "library_name: alignlecture" in front
+    assert "- dpo" in front and "- positivity" in front
+    assert "β = 0.1" in card and "30 optimizer steps" in card and "120 pairs" in card
+    assert "+0.200 [+0.100, +0.300]" in card and "4.00 [3.50, 4.50]" in card
+    assert "The gold reward rises; the per-token NLL under the base model rises (text less plausible" in card
+    assert zoo.model_card(rec.name) == card and zoo.evaluation(rec.name) == ev  # read back, nothing recomputed
+
+
+def test_optimizer_steps_is_what_the_trainer_runs():
+    rec = zoo.recipe("smollm2-positivity")
+    assert zoo.optimizer_steps(rec, 120) == 30  # 2 epochs × 120 pairs / 8 per step
+    assert zoo.optimizer_steps(rec, 121) == 30  # drop_last: the odd pair never makes a full step
+
+
+def test_seed_recipes_differ_from_seed_zero_only_in_their_seeds():
+    base, other = zoo.recipe("smollm2-positivity-normalized"), zoo.recipe(zoo.seeded("smollm2-positivity-normalized", 2))
+    assert (other.sample_seed, other.label_seed, other.dpo["seed"]) == (2, 2, 2)
+    assert {k: v for k, v in other.dpo.items() if k != "seed"} == {k: v for k, v in base.dpo.items() if k != "seed"}
+    assert zoo.seeded("smollm2-positivity", 0) == "smollm2-positivity"
+    with pytest.raises(ValueError, match="seed must be one of"):
+        zoo.seeded("smollm2-positivity", 7)
