@@ -67,6 +67,7 @@ class Evaluation:
         nll_base: mean per-token NLL of the base's own samples under the base model (its own fluency).
         nll_tuned: mean per-token NLL of the tuned samples under the base model.
         nll_gain: per-prompt change tuned − base of that NLL (> 0: less plausible text to the base model).
+        examples: a few (prompt, base answer, tuned answer, their gold rewards) to read beside the numbers.
     """
 
     prompts: int
@@ -81,13 +82,18 @@ class Evaluation:
     nll_base: Interval
     nll_tuned: Interval
     nll_gain: Interval
+    examples: tuple[dict, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Evaluation:
-        return cls(**{k: Interval(**v) if isinstance(v, dict) else v for k, v in d.items()})
+        fields = {k: Interval(**v) if isinstance(v, dict) else v for k, v in d.items() if k != "examples"}
+        return cls(**fields, examples=tuple(d.get("examples", ())))
+
+
+EXAMPLES = 3  # answers kept beside the numbers, from prompts spread over the list
 
 
 def _per_prompt(values: torch.Tensor, prompts: int) -> torch.Tensor:
@@ -120,7 +126,8 @@ def evaluate(tuned, base, prompts: list[str], *, gold: str, samples_per_prompt: 
     before, after = sample(base, repeated, **kw), generate(tuned, repeated, **kw)
     reward = gold_reward(gold)
     n = len(prompts)
-    r_before, r_after = _per_prompt(reward(before.texts), n), _per_prompt(reward(after.texts), n)
+    g_before, g_after = reward(before.texts), reward(after.texts)
+    r_before, r_after = _per_prompt(g_before, n), _per_prompt(g_after, n)
     # log π_base and log π_tuned of the tuned samples in one pass over the blocks they share
     logp_base, logp_tuned = generation_logprobs_many([base, tuned], after).double()
     lengths = torch.tensor([len(ids) for ids in after.completion_ids], dtype=torch.float64)
@@ -134,4 +141,7 @@ def evaluate(tuned, base, prompts: list[str], *, gold: str, samples_per_prompt: 
         gold_base=_interval(r_before), gold_tuned=_interval(r_after), gold_gain=_interval(r_after - r_before),
         kl=_interval(_per_prompt(log_ratio, n)),
         nll_base=_interval(nll_before), nll_tuned=_interval(nll_after), nll_gain=_interval(nll_after - nll_before),
+        examples=tuple({"prompt": repeated[i], "base": before.texts[i], "tuned": after.texts[i],
+                        "gold_base": float(g_before[i]), "gold_tuned": float(g_after[i])}
+                       for i in range(0, len(repeated), m * max(1, n // EXAMPLES))[:EXAMPLES]),
     )

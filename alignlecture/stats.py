@@ -61,6 +61,17 @@ def mean_interval(values, *, level: float = 0.95) -> tuple[float, float, float]:
     return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
 
 
+def t_interval(values, *, level: float = 0.95) -> tuple[float, float, float]:
+    """The mean and its Student-t interval mean ± t_{n−1}·s/√n: (mean, low, high) — for a handful of values such
+    as one result per training seed, where the normal approximation (``mean_interval``) is too narrow."""
+    from scipy.stats import t
+
+    x = _values(values)
+    level = _check_level(level)
+    half = float(t.ppf(0.5 + level / 2, x.numel() - 1)) * float(x.std()) / math.sqrt(x.numel())
+    return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
+
+
 def gap_closed(
     untuned, steered, tuned, *, level: float = 0.95, num: int = 2000, generator: torch.Generator | None = None
 ) -> tuple[float, float, float]:

@@ -154,6 +154,9 @@ def card_text(rec: Recipe, policy: Policy, ev: Evaluation) -> str:
     else:
         trained, count = "every parameter", sum(p.numel() for p in policy.model.parameters())
     method = "pairwise-normalized descent on the DPO loss" if cfg.pairwise_normalized else "DPO"
+    quote = lambda text: " ".join(text.split()).replace("|", "/")  # noqa: E731  (one line, no table pipes)
+    examples = "\n".join(f"- *{e['prompt']}*\n  - base ({e['gold_base']:+.2f}): {quote(e['base'])}\n"
+                         f"  - tuned ({e['gold_tuned']:+.2f}): {quote(e['tuned'])}" for e in ev.examples)
     hub = KNOWN_MODELS[rec.base].hub_id if rec.base in KNOWN_MODELS else rec.base
     gain = verdict(ev.gold_gain.low, ev.gold_gain.high)
     fluency = verdict(ev.nll_gain.low, ev.nll_gain.high, up="rises (text less plausible to the base model)",
@@ -198,6 +201,10 @@ top of `{hub}`.
 | KL(π ‖ π_base), nats per response, from this policy's samples | 0 | {ev.kl.text(2)} | |
 
 The gold reward {gain}; the per-token NLL under the base model {fluency}.
+
+Answers to read beside the numbers (the first sample of each prompt, gold reward in brackets):
+
+{examples}
 
 Limits: one training seed per card (the `-seedN` recipes repeat the run with other seeds); a 135M-parameter
 model; a lexicon-based gold reward (VADER), which rewards words, not meaning — read the samples before calling

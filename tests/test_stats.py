@@ -124,3 +124,14 @@ def test_scientific_hides_round_off_digits():
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="finite"):
             scientific(bad)
+
+
+def test_t_interval_of_three_values_uses_the_t_quantile_with_two_degrees_of_freedom():
+    from alignlecture.stats import t_interval
+
+    mean, low, high = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert abs((high - mean) - 4.302652729911275 * 1.0 / 3 ** 0.5) < 1e-9  # t_{2, 0.975} · s/√n, s = 1
+    assert abs((mean - low) - (high - mean)) < 1e-12
+    with pytest.raises(ValueError, match="at least 2 values"):
+        t_interval([1.0])
