@@ -25,6 +25,7 @@ _SUBMODULES = (
     "rewards",
     "toy",
     "train",
+    "trl_compat",
     "widgets",
     "exercises",
     "zoo",

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from .cache import atomic_directory
 STATE = "trainer_state.json"
 # config fields that may change between a run and its resumption (they do not change the trajectory)
 MAY_CHANGE = ("output_dir", "overwrite_output_dir", "max_steps", "num_train_epochs", "logging_steps", "save_steps",
-              "progress")
+              "progress", "eval_strategy", "eval_steps", "per_device_eval_batch_size")
 
 
 # ---------------------------------------------------------------------------------------------- model directories
@@ -222,6 +222,9 @@ def load(path: Path, trainer, module, opt, scheduler, fp: dict) -> tuple[int, li
     history and RNG state (restore that with ``set_rng`` once the data loader has started: starting it draws)."""
     state = json.loads((path / STATE).read_text())
     ours, theirs = _normalise(asdict(trainer.config)), state["config"]
+    # a field added after the checkpoint was written counts as its default there
+    defaults = _normalise({f.name: f.default for f in fields(trainer.config) if f.default is not MISSING})
+    theirs = {**{k: v for k, v in defaults.items() if k not in theirs}, **theirs}
     changed = [f"{k}: {theirs.get(k)!r} → {v!r}" for k, v in ours.items() if k not in MAY_CHANGE and theirs.get(k) != v]
     if changed or state.get("peft_config") != _peft_dict(trainer):
         what = "; ".join(changed) or "peft_config differs"

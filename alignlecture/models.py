@@ -159,6 +159,13 @@ def load_policy(
         ggufs = sorted(path.glob("*.gguf"))
         if not (path / "config.json").is_file() and len(ggufs) == 1:
             return _finish(_from_pretrained(str(path), gguf_file=ggufs[0].name), name, "gguf", target, dtype)
+        if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
+            base = _adapter_base(path)
+            raise ValueError(
+                f"{path} holds a peft adapter (adapter_config.json), not a whole model; load its base model, then "
+                f"the adapter onto it: policy = load_policy({base!r}); policy.model = "
+                f"PeftModel.from_pretrained(policy.model, {str(path)!r}) (from peft import PeftModel)"
+            )
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} holds no config.json (nor a single .gguf file); it is not a model directory")
         return _finish(_from_pretrained(str(path), local_files_only=True, dtype=dtype, device=target), name, "local",
@@ -176,6 +183,16 @@ def load_policy(
         )
     return _finish(_from_pretrained(name, local_files_only=_hub_cached(name), dtype=dtype, device=target), name, "hub",
                    target, dtype)
+
+
+def _adapter_base(path: Path) -> str:
+    """The base model a peft adapter directory names (``base_model_name_or_path``), or a placeholder."""
+    import json
+
+    try:
+        return json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path") or "<base model>"
+    except (OSError, ValueError):
+        return "<base model>"
 
 
 # ---------------------------------------------------------------------------------------------- stand-in models

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import checkpoint as ckpt
+from . import trl_compat
 from ._checks import positive_finite, positive_int
 from .dpo import check_dpo_args, dpo_loss, dpo_metrics, dpo_weight
 from . import prefix_sharing
@@ -63,7 +65,20 @@ class DPOConfig:
 
     Defaults that differ from TRL 1.16: learning_rate 1e-5 (TRL 1e-6), lr_scheduler_type "constant" (TRL
     "linear"), num_train_epochs 1 (3), logging_steps 1 (10), seed 0 (42), max_length 256 (1024; here the
-    completion is cut, never the prompt). ``optimizer`` ("adamw" | "sgd") is torch's, not TRL's ``optim``.
+    completion is cut, never the prompt). ``optimizer`` ("adamw" | "sgd") is torch's, not TRL's ``optim``
+    (``optim="adamw_torch_fused"`` is translated). Other differences from TRL:
+
+    - ``chat=True``: a plain-string prompt is wrapped in the policy's chat template (TRL applies none to plain
+      strings); prompts that already hold the template are refused; ``chat=False`` takes prompts as they are.
+    - ``eval_strategy=None`` (TRL "no"): with an ``eval_dataset`` the trainer evaluates once, after the last step;
+      "no" never, "steps" every ``eval_steps`` steps (default ``logging_steps``), "epoch" at each epoch's end.
+      Eval metrics are history rows of their own, with TRL's ``eval_`` prefix.
+    - ``warmup_ratio`` (transformers 4's name; transformers 5 writes ``warmup_steps`` < 1): ceil(ratio × steps).
+    - ``max_completion_length`` (TRL < 1.0) cuts each completion (eos included) to that many tokens.
+    - the reference log-probs are always precomputed (``precompute_ref_log_probs=True`` is accepted); TRL's other
+      options either mean what they mean here or are refused with the replacement (``trl_compat.TRL_OPTIONS``:
+      ``bf16``, ``gradient_checkpointing``, ``report_to``, ``save_strategy`` …); a ``trl.DPOConfig`` converts
+      with ``trl_compat.from_trl``.
     """
 
     output_dir: str | None = None  # None: nothing is written
@@ -76,13 +91,18 @@ class DPOConfig:
     learning_rate: float = 1e-5
     lr_scheduler_type: str = "constant"
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # used when warmup_steps is 0: ceil(warmup_ratio × optimizer steps)
     per_device_train_batch_size: int = 8  # pairs per process per micro-step
     gradient_accumulation_steps: int = 1
     num_train_epochs: int = 1
     max_steps: int = -1  # optimizer steps; > 0 overrides num_train_epochs, -1 = train num_train_epochs epochs
     logging_steps: int = 1  # a history row every N optimizer steps (the mean over those steps)
+    eval_strategy: str | None = None  # None | "no" | "steps" | "epoch" (see above; needs the trainer's eval_dataset)
+    eval_steps: int | None = None  # with eval_strategy="steps"; None: logging_steps
+    per_device_eval_batch_size: int = 8  # pairs per evaluation forward pass
     save_steps: int = 500  # a checkpoint output_dir/checkpoint-N every N optimizer steps (0: final save only)
     max_length: int = 256
+    max_completion_length: int | None = None  # completion tokens kept (eos included); None: only max_length cuts
     seed: int = 0
     optimizer: str = "adamw"  # or "sgd"
     weight_decay: float = 0.0
@@ -95,11 +115,23 @@ class DPOConfig:
     prefix_sharing: bool = True  # each prompt runs once for both responses where the model allows (prefix_sharing)
 
     def __post_init__(self) -> None:
+        if isinstance(self.warmup_steps, float) and 0 < self.warmup_steps < 1:  # transformers 5's ratio spelling
+            self.warmup_steps, self.warmup_ratio = 0, self.warmup_steps
         check_dpo_args(self.beta, self.loss_type, self.label_smoothing, self.loss_weights, self.discopop_tau)
         positive_finite(self.learning_rate, "learning_rate")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_length",
-                     "logging_steps"):
+                     "logging_steps", "per_device_eval_batch_size"):
             setattr(self, name, positive_int(getattr(self, name), name))
+        for name in ("max_completion_length", "eval_steps"):
+            if getattr(self, name) is not None:
+                setattr(self, name, positive_int(getattr(self, name), name))
+        self.eval_strategy = getattr(self.eval_strategy, "value", self.eval_strategy)  # transformers' enum
+        if self.eval_strategy not in (None, "no", "steps", "epoch"):
+            raise ValueError(f"eval_strategy must be None, 'no', 'steps' or 'epoch'; got {self.eval_strategy!r}")
+        if not (isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio <= 1):
+            raise ValueError(f"warmup_ratio must be a number in [0, 1]; got {self.warmup_ratio!r}")
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError(f"pass warmup_steps ({self.warmup_steps}) or warmup_ratio ({self.warmup_ratio}), not both")
         if not isinstance(self.max_steps, int) or self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be a positive number of optimizer steps, or -1 (TRL's default) to train "
                              f"num_train_epochs epochs; got {self.max_steps!r}")
@@ -116,6 +148,9 @@ class DPOConfig:
                              f"{self.loss_type!r}, label_smoothing={self.label_smoothing!r}")
 
 
+trl_compat.accept_trl_options(DPOConfig)  # DPOConfig(bf16=..., report_to=..., ...): translated or refused with the fix
+
+
 @dataclass
 class TrainResult:
     """The trained policy (updated in place) and the logged history (one row per ``logging_steps`` steps)."""
@@ -124,6 +159,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     config: DPOConfig | None = None
     output_dir: str | None = None  # where the final model or adapter was saved (None: not saved)
+    skipped_pairs: int = 0  # pairs of the last epoch left out because they did not fill a batch (drop_last)
 
 
 def reference_copy(policy, config: DPOConfig | None = None):
@@ -189,20 +225,36 @@ class DPOTrainer:
         DPOTrainer(policy, pairs, DPOConfig(max_steps=10))                      # records
         DPOTrainer(policy, {"prompt": [...], "chosen": [...], "rejected": [...]})  # columns
         DPOTrainer(policy, datasets.Dataset.from_list(pairs))                  # a datasets.Dataset
+
+    TRL's keyword spelling works too, with a transformers model and its tokenizer (or a Policy, or a model name):
+
+        DPOTrainer(model=model, ref_model=None, args=DPOConfig(...), train_dataset=ds, eval_dataset=ev,
+                   processing_class=tokenizer, peft_config=None)
+
+    ``eval_dataset`` (any dataset form) is scored during training as ``config.eval_strategy`` says, and by
+    ``evaluate()``; TRL arguments with no counterpart here are refused with the replacement (``trl_compat``).
     """
 
-    def __init__(self, policy, dataset, config: DPOConfig | None = None, ref_policy=None, peft_config=None):
-        self.policy, self.ref_policy, self.peft_config = policy, ref_policy, peft_config
-        self.config = config or DPOConfig()
-        if not isinstance(self.config, DPOConfig):
-            raise TypeError(f"config must be an alignlecture.train.DPOConfig; got {type(self.config).__name__}")
+    def __init__(self, policy=None, dataset=None, config: DPOConfig | None = None, ref_policy=None, peft_config=None,
+                 *, model=None, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
+                 ref_model=None, **unsupported):
+        policy, dataset, config, ref_policy = trl_compat.trainer_inputs(
+            policy, dataset, config, ref_policy, model=model, args=args, train_dataset=train_dataset,
+            processing_class=processing_class, ref_model=ref_model, extra=unsupported, config_class=DPOConfig)
+        self.policy, self.ref_policy, self.peft_config, self.config = policy, ref_policy, peft_config, config
         prompts, chosen, rejected = preference_columns(dataset)
         self.num_pairs = len(prompts)
         # rows 0..n-1: prompt+chosen, rows n..2n-1: prompt+rejected (eos appended, like TRL)
-        self.rows, self.masks = tokenize_pairs(
-            policy, prompts + prompts, chosen + rejected, chat=self.config.chat, add_eos=True,
-            max_length=self.config.max_length,
-        )
+        self.rows, self.masks = self._tokenize(prompts, chosen, rejected)
+        self.eval_pairs, self.eval_rows, self.eval_masks, self.eval_ref_logps = 0, [], [], None
+        if eval_dataset is not None:
+            e_prompts, e_chosen, e_rejected = preference_columns(eval_dataset)
+            self.eval_pairs = len(e_prompts)
+            self.eval_rows, self.eval_masks = self._tokenize(e_prompts, e_chosen, e_rejected, "eval prompt")
+            self.eval_lengths = torch.tensor([sum(m) for m in self.eval_masks], dtype=torch.float32)
+        elif config.eval_strategy in ("steps", "epoch"):
+            raise ValueError(f"eval_strategy={config.eval_strategy!r} needs an eval_dataset: pass "
+                             "DPOTrainer(..., eval_dataset=pairs), or eval_strategy='no'")
         self.pad_id = policy.tokenizer.pad_token_id
         if self.config.trainable_layers and peft_config is not None:
             raise ValueError("choose one of trainable_layers (top blocks) and peft_config (adapters), not both")
@@ -212,8 +264,21 @@ class DPOTrainer:
             check_peft_targets(policy.model, peft_config)
 
     # ------------------------------------------------------------------ helpers
-    def _batch(self, rows: list[int], device) -> dict[str, torch.Tensor]:
-        enc = pad_rows([self.rows[i] for i in rows], [self.masks[i] for i in rows], self.pad_id)
+    def _tokenize(self, prompts, chosen, rejected, what: str = "prompt") -> tuple[list, list]:
+        """Token rows and completion masks: prompt+chosen for every pair, then prompt+rejected."""
+        cfg = self.config
+        if cfg.chat:
+            trl_compat.check_not_templated(self.policy, prompts, what)
+        rows, masks = tokenize_pairs(self.policy, prompts + prompts, chosen + rejected, chat=cfg.chat, add_eos=True,
+                                     max_length=cfg.max_length)
+        if cfg.max_completion_length is not None:  # keep the prompt and the first tokens of the completion
+            keep = [m.index(1) + cfg.max_completion_length for m in masks]
+            rows, masks = [r[:k] for r, k in zip(rows, keep)], [m[:k] for m, k in zip(masks, keep)]
+        return rows, masks
+
+    def _batch(self, rows: list[int], device, source: tuple | None = None) -> dict[str, torch.Tensor]:
+        all_rows, all_masks = source or (self.rows, self.masks)
+        enc = pad_rows([all_rows[i] for i in rows], [all_masks[i] for i in rows], self.pad_id)
         return {k: v.to(device) for k, v in enc.items()}
 
     def _loss_logps(self, logps: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple:
@@ -221,11 +286,65 @@ class DPOTrainer:
         (the per-token losses average inside ``dpo_loss``, as TRL does)."""
         return logps[:k], logps[k:], ref[:k], ref[k:], lengths[:k], lengths[k:]
 
-    def _packed(self, pairs: list[int], device) -> prefix_sharing.PackedPairs:
+    def _packed(self, pairs: list[int], device, source: tuple | None = None) -> prefix_sharing.PackedPairs:
         """Pairs ``pairs`` packed one per row, prompt once (``prefix_sharing.pack_pairs``), on ``device``."""
-        n = self.num_pairs
-        return pack_pairs([self.rows[i] for i in pairs], [self.masks[i] for i in pairs],
-                          [self.rows[i + n] for i in pairs], [self.masks[i + n] for i in pairs], self.pad_id).to(device)
+        rows, masks = source or (self.rows, self.masks)
+        n = len(rows) // 2
+        return pack_pairs([rows[i] for i in pairs], [masks[i] for i in pairs],
+                          [rows[i + n] for i in pairs], [masks[i + n] for i in pairs], self.pad_id).to(device)
+
+    @torch.no_grad()
+    def _eval_logps(self, model, device) -> torch.Tensor:
+        """Summed log-probs of every eval pair under ``model`` (the full model, whatever trains), [2m]: log π(y_w|x)
+        of each pair, then log π(y_l|x) — through the same log-prob functions as training, no gradient."""
+        m, size, source = self.eval_pairs, self.config.per_device_eval_batch_size, (self.eval_rows, self.eval_masks)
+        share = self.config.prefix_sharing and prefix_sharing.supports(model)
+        out = torch.zeros(2 * m, dtype=torch.float32)
+        for start in range(0, m, size):
+            idx = list(range(start, min(start + size, m)))
+            if share:
+                lp = pair_logprobs(model, self._packed(idx, device, source))
+            else:
+                b = self._batch(idx + [i + m for i in idx], device, source)
+                lp = completion_logprobs(model, b["input_ids"], b["attention_mask"], b["completion_mask"]).per_sequence
+            out[idx], out[[i + m for i in idx]] = lp[: len(idx)].float().cpu(), lp[len(idx) :].float().cpu()
+        return out
+
+    def evaluate(self) -> dict[str, float]:
+        """TRL's metrics of the policy as it is now on ``eval_dataset``, with TRL's ``eval_`` prefix: eval_loss,
+        eval_rewards/chosen … (the reference log-probs are computed once, before training or on the first call)."""
+        if not self.eval_pairs:
+            raise ValueError("evaluate() needs an eval_dataset: DPOTrainer(..., eval_dataset=pairs)")
+        cfg, model = self.config, self.policy.model
+        if self.eval_ref_logps is None:
+            ref = (self.ref_policy or self.policy).model
+            self.eval_ref_logps = self._eval_logps(ref, next(ref.parameters()).device)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()  # no dropout: the score of the policy itself, and no draw from torch's generators
+        try:
+            logps = self._eval_logps(model, device)
+        finally:
+            model.train(was_training)
+        m, ref, lengths = self.eval_pairs, self.eval_ref_logps, self.eval_lengths
+        losses, cr, rr = dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:], beta=cfg.beta, loss_type=cfg.loss_type,
+                                  label_smoothing=cfg.label_smoothing, chosen_tokens=lengths[:m],
+                                  rejected_tokens=lengths[m:], loss_weights=cfg.loss_weights,
+                                  discopop_tau=cfg.discopop_tau)
+        metrics = {"loss": losses.mean().item(), **dpo_metrics(cr, rr, logps[:m], logps[m:])}
+        return {f"eval_{k}": v for k, v in metrics.items()}
+
+    def _eval_due(self, step: int, total: int, pairs_per_step: int) -> bool:
+        """Whether to evaluate after optimizer step ``step`` (of ``total``), as ``config.eval_strategy`` says."""
+        cfg = self.config
+        if not self.eval_pairs or cfg.eval_strategy == "no":
+            return False
+        if cfg.eval_strategy == "steps":
+            return step % (cfg.eval_steps or cfg.logging_steps) == 0
+        if cfg.eval_strategy == "epoch":  # the step in which a pass over the data ends, and the last step
+            n = self.num_pairs
+            return step == total or step * pairs_per_step // n > (step - 1) * pairs_per_step // n
+        return step == total  # None: once, after the last step
 
     @torch.no_grad()
     def _precompute(self, device, first_step: list[list[int]] = ()) -> None:
@@ -391,6 +510,9 @@ class DPOTrainer:
         micro_per_step, size = cfg.gradient_accumulation_steps, cfg.per_device_train_batch_size
         order = self._order(size * accelerator.num_processes, micro_per_step)
         self._precompute(device, [order[j * size : (j + 1) * size] for j in range(micro_per_step)])
+        if self.eval_pairs and self.eval_ref_logps is None:  # the reference's eval log-probs, before any step
+            ref = (self.ref_policy or self.policy).model
+            self.eval_ref_logps = self._eval_logps(ref, device)
         module = self._trainable()
         params = [p for p in module.parameters() if p.requires_grad]
         if cfg.optimizer == "sgd":
@@ -413,10 +535,25 @@ class DPOTrainer:
                 f"{cfg.per_device_train_batch_size} × {accelerator.num_processes} processes × {micro_per_step} "
                 "accumulation steps; lower them"
             )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg.lr_scheduler_type, cfg.warmup_steps, total))
+        warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg.lr_scheduler_type, warmup, total))
+        pairs_per_step = size * accelerator.num_processes * micro_per_step
+        skipped = len(order) - total * pairs_per_step if cfg.max_steps <= 0 else 0
+        if skipped:
+            warnings.warn(
+                f"{skipped} of the {self.num_pairs} pairs are not trained on in the last epoch: they do not fill a "
+                f"batch of {pairs_per_step} pairs (per_device_train_batch_size × processes × "
+                f"gradient_accumulation_steps), and the last partial batch is dropped. Use a batch that divides "
+                f"{cfg.num_train_epochs} × {self.num_pairs} pairs, or set max_steps (the order runs on across epochs)",
+                stacklevel=2)
         step, history, rng = 0, [], None
         if resume is not None:
             step, history, rng = ckpt.load(resume, self, module, opt, scheduler, fingerprint)
+            if step >= total:
+                warnings.warn(
+                    f"{resume} is already at optimizer step {step}, the run's last ({total} steps: max_steps="
+                    f"{cfg.max_steps}, num_train_epochs={cfg.num_train_epochs}); nothing is left to train, and the "
+                    "result holds the checkpoint's weights and history. Raise max_steps to train on", stacklevel=2)
         self.fingerprint, self.last_checkpoint = fingerprint, resume
         bar = tqdm(total=total, initial=step, disable=not (cfg.progress and accelerator.is_main_process), desc="DPO")
         n = self.num_pairs
@@ -471,14 +608,18 @@ class DPOTrainer:
                     history.append({"step": step, **{key: sum(r[key] for r in logged) / len(logged) for key in logged[0]}})
                     logged = []
                 bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]['loss']:.4f}" if history else None)
+                last = next((row["loss"] for row in reversed(history) if "loss" in row), None)
+                bar.set_postfix(loss=f"{last:.4f}" if last is not None else None)
+                if self._eval_due(step, total, pairs_per_step):  # a row of its own, as TRL logs it
+                    history.append({"step": step, **self.evaluate()})
+                    module.eval() if cfg.disable_dropout else module.train()
                 if cfg.output_dir and cfg.save_steps and step % cfg.save_steps == 0:
                     self.last_checkpoint = ckpt.save(self, accelerator, module, opt, scheduler, step, history)
         bar.close()
         accelerator.wait_for_everyone()
         saved = ckpt.save_final(self, accelerator, module, step, history) if cfg.output_dir else None
         self._finish()
-        return TrainResult(policy=self.policy, history=history, config=cfg, output_dir=saved)
+        return TrainResult(policy=self.policy, history=history, config=cfg, output_dir=saved, skipped_pairs=skipped)
 
     # ------------------------------------------------------------------ state
     def _check_finite(self, accelerator, value: torch.Tensor, what: str, step: int, bar) -> None:

@@ -269,6 +269,13 @@ def test_directory_without_config_is_not_a_model(tmp_path):
         load_policy(str(tmp_path), device="cpu")
 
 
+def test_an_adapter_directory_points_to_peft_model_from_pretrained(tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}')
+    with pytest.raises(ValueError, match=r"peft adapter .*load_policy\('HuggingFaceTB/SmolLM2-135M-Instruct'\).*"
+                                         r"PeftModel.from_pretrained\(policy.model, "):
+        load_policy(str(tmp_path), device="cpu")
+
+
 @pytest.mark.parametrize("bad", ["", "   "])
 def test_empty_name_is_refused(bad):
     with pytest.raises(ValueError, match="name_or_path must be a model key"):

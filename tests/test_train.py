@@ -562,6 +562,254 @@ def test_too_few_pairs_for_one_step_is_refused():
         train(data=data)
 
 
+# ---------------------------------------------------------------------------------------------- coming from TRL
+MORE = (["tell me about the cat", "describe the food"], ["the cat is nice", "great food"], ["the cat is awful", "bad food"])
+TEN = {k: v + extra for (k, v), extra in zip(DATA.items(), MORE)}  # 10 pairs: not a multiple of the batch of 4
+
+
+def test_trl_keyword_spelling_with_a_model_and_its_tokenizer_trains_like_a_policy():
+    import datasets
+
+    p, ref = tiny_policy(seed=0, device="cpu"), tiny_policy(seed=1, device="cpu")
+    result = DPOTrainer(model=p.model, ref_model=ref.model, args=config(max_steps=2), processing_class=p.tokenizer,
+                        train_dataset=datasets.Dataset.from_dict(DATA)).train()
+    assert result.history == train(ref_policy=tiny_policy(seed=1, device="cpu"), max_steps=2).history
+    assert result.policy.model is p.model and result.policy.tokenizer is p.tokenizer
+
+
+def test_a_model_name_is_loaded_with_load_policy(tmp_path):
+    from alignlecture.checkpoint import write_pretrained
+
+    p = tiny_policy(seed=0, device="cpu")
+    write_pretrained(p.model, p.tokenizer, tmp_path / "tiny")
+    result = DPOTrainer(model=str(tmp_path / "tiny"), args=config(max_steps=2), train_dataset=DATA).train()
+    assert result.history == train(max_steps=2).history
+
+
+def test_a_plain_model_without_its_tokenizer_says_to_pass_processing_class():
+    with pytest.raises(TypeError, match=r"LlamaForCausalLM without its tokenizer; pass processing_class="):
+        DPOTrainer(model=tiny_policy(seed=0, device="cpu").model, args=config(), train_dataset=DATA)
+
+
+def test_trls_positional_order_and_doubled_arguments_are_refused_with_the_fix():
+    p = tiny_policy(seed=0, device="cpu")
+    with pytest.raises(TypeError, match="second positional argument is the training dataset here .*ref_model=ref"):
+        DPOTrainer(p.model, tiny_policy(seed=1, device="cpu").model, args=config(), train_dataset=DATA)
+    with pytest.raises(TypeError, match=r"pass config or args \(TRL's name for it\), not both"):
+        DPOTrainer(p, DATA, config(), args=config())
+    with pytest.raises(TypeError, match="needs the preference pairs: pass train_dataset"):
+        DPOTrainer(model=p)
+    with pytest.raises(ValueError, match="Policy, which carries its own tokenizer"):
+        DPOTrainer(model=p, processing_class=tiny_policy(seed=0, device="cpu").tokenizer, train_dataset=DATA)
+
+
+@pytest.mark.parametrize(("name", "fragment"), [
+    ("callbacks", "read TrainResult.history"), ("data_collator", "tokenises and pads the pairs itself"),
+    ("tokenizer", "processing_class=tokenizer"), ("optimizers", "optimizer='adamw'"),
+])
+def test_trainer_arguments_trl_has_and_this_trainer_lacks_name_the_replacement(name, fragment):
+    from alignlecture.trl_compat import UnsupportedOption
+
+    with pytest.raises(UnsupportedOption, match=f"DPOTrainer does not take {name}: .*{fragment}"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), DATA, config(), **{name: object()})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'trian_dataset'; did you mean train_dataset"):
+        DPOTrainer(model=tiny_policy(seed=0, device="cpu"), trian_dataset=DATA)
+
+
+def test_trl_options_that_describe_this_trainer_are_accepted_and_change_nothing():
+    same = config(precompute_ref_log_probs=True, report_to="none", bf16=False, fp16=False, gradient_checkpointing=False,
+                  save_strategy="steps", truncation_mode="keep_start", logging_strategy="steps", max_prompt_length=None)
+    assert same == config()
+    assert config(report_to=[]) == config(report_to=None) == config()
+
+
+def test_trl_options_that_translate_to_this_trainers_fields():
+    assert config(save_strategy="no").save_steps == 0  # no checkpoint-N; the final save stays
+    assert config(optim="adamw_torch_fused").optimizer == "adamw" and config(optim="sgd").optimizer == "sgd"
+    with pytest.raises(ValueError, match="save_strategy='no' means save_steps=0, but save_steps=10 was passed too"):
+        config(save_strategy="no", save_steps=10)
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"bf16": True}, r"model's own dtype.*load_policy\(name, dtype=torch.bfloat16\)"),
+    ({"fp16": True}, "without autocast or loss scaling"),
+    ({"gradient_checkpointing": True}, r"trainable_layers=k.*peft_config=LoraConfig"),
+    ({"precompute_ref_log_probs": False}, "always precomputed here, once before training"),
+    ({"report_to": "wandb"}, r"TrainResult.history .*wandb.log\(row"),
+    ({"save_strategy": "epoch"}, r"every save_steps optimizer steps \(save_steps=N\)"),
+    ({"max_prompt_length": 64}, "the prompt is never cut here"),
+    ({"optim": "adafactor"}, "use optimizer='adamw'"),
+    ({"dataloader_drop_last": False}, "TrainResult.skipped_pairs"),
+    ({"load_best_model_at_end": True}, "eval_loss rows of TrainResult.history"),
+    ({"push_to_hub": True}, r"push_to_hub\(repo\)"),
+])
+def test_trl_options_this_trainer_does_not_offer_are_refused_with_the_replacement(kwargs, fragment):
+    from alignlecture.trl_compat import UnsupportedOption
+
+    with pytest.raises(UnsupportedOption, match=fragment):
+        DPOConfig(**kwargs)
+
+
+def trl_config(tmp_path, **kw):
+    trl = pytest.importorskip("trl")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers renames gradient_checkpointing
+        return trl.DPOConfig(output_dir=str(tmp_path / "run"), use_cpu=True, **kw)
+
+
+def test_a_trl_dpo_config_converts_with_trls_values_when_every_field_maps(tmp_path):
+    from alignlecture.trl_compat import from_trl
+
+    defaults = from_trl(trl_config(tmp_path, bf16=False, gradient_checkpointing=False), DPOConfig)
+    assert (defaults.learning_rate, defaults.num_train_epochs, defaults.seed) == (1e-6, 3, 42)
+    assert defaults.logging_steps == 10
+    assert (defaults.lr_scheduler_type, defaults.loss_type, defaults.max_length) == ("linear", "sigmoid", 1024)
+    args = trl_config(tmp_path, bf16=False, gradient_checkpointing=False, learning_rate=1e-2, max_steps=2, seed=0,
+                      per_device_train_batch_size=4, logging_steps=1, lr_scheduler_type="constant", max_length=256)
+    p = tiny_policy(seed=0, device="cpu")
+    result = DPOTrainer(model=p.model, processing_class=p.tokenizer, args=args, train_dataset=DATA).train()
+    assert result.history == train(max_steps=2).history  # the toy tokenizer has no chat template: chat is moot
+
+
+def test_a_trl_dpo_config_with_fields_that_do_not_map_lists_them_all(tmp_path):
+    args = trl_config(tmp_path, run_name="mine", gradient_checkpointing=False)  # bf16 stays TRL's default, True
+    with pytest.raises(ValueError, match=r"cannot be converted .*bf16=True: the trainer trains in the model's own "
+                                         r"dtype.*run_name='mine' \(no counterpart here\)"):
+        DPOTrainer(model=tiny_policy(seed=0, device="cpu"), args=args, train_dataset=DATA)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize("mode", ["full", "top"])
+def test_eval_rows_carry_trls_eval_prefix_equal_dpo_evaluate_and_change_no_training_number(mode):
+    from alignlecture.dpo import evaluate
+
+    kw = {"top": {"trainable_layers": 1}, "full": {}}[mode]
+    held_out = {k: v[:5] for k, v in TEN.items()}
+    p = tiny_policy(seed=0, device="cpu")
+    result = DPOTrainer(p, DATA, config(max_steps=4, eval_strategy="steps", eval_steps=2, **kw),
+                        eval_dataset=held_out).train()
+    evals = [r for r in result.history if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert set(evals[0]) == {"step", "eval_loss", "eval_rewards/chosen", "eval_rewards/rejected",
+                             "eval_rewards/margins", "eval_rewards/accuracies", "eval_logps/chosen", "eval_logps/rejected"}
+    plain = train(max_steps=4, **kw)
+    assert [r for r in result.history if "loss" in r] == plain.history  # evaluation trains nothing, draws nothing
+    assert_states_equal(state(result.policy), state(plain.policy))
+    report = evaluate(result.policy, tiny_policy(seed=0, device="cpu"), held_out, chat=False)
+    for key, value in report.items():
+        assert evals[-1][f"eval_{key}"] == pytest.approx(value, abs=1e-5), key
+
+
+def test_an_eval_dataset_is_scored_once_after_the_last_step_unless_eval_strategy_is_no():
+    p = tiny_policy(seed=0, device="cpu")
+    trainer = DPOTrainer(p, DATA, config(max_steps=3, logging_steps=2), eval_dataset=TEN)
+    before = trainer.evaluate()  # the policy is still the reference
+    assert before["eval_loss"] == pytest.approx(LN2, abs=1e-6) and before["eval_rewards/margins"] == 0.0
+    history = trainer.train().history
+    assert [(r["step"], "eval_loss" in r) for r in history] == [(2, False), (3, False), (3, True)]
+    assert history[-1] == {"step": 3, **trainer.evaluate()}
+    silent = train(max_steps=3, eval_strategy="no")  # no eval_dataset needed for "no"
+    assert not any("eval_loss" in r for r in silent.history)
+
+
+def test_eval_strategy_epoch_scores_at_the_end_of_each_pass():
+    history = DPOTrainer(tiny_policy(seed=0, device="cpu"), TEN, config(num_train_epochs=2, eval_strategy="epoch"),
+                         eval_dataset=DATA).train().history
+    # 10 pairs, 4 a step: passes end in steps 3 (pair 12 > 10) and 5 (the last step, 20 pairs)
+    assert [r["step"] for r in history if "eval_loss" in r] == [3, 5]
+
+
+def test_eval_strategy_steps_without_an_eval_dataset_is_refused():
+    with pytest.raises(ValueError, match="eval_strategy='steps' needs an eval_dataset"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), DATA, config(eval_strategy="steps"))
+    with pytest.raises(ValueError, match="eval_strategy must be None, 'no', 'steps' or 'epoch'"):
+        config(eval_strategy="best")
+    with pytest.raises(ValueError, match="evaluate\\(\\) needs an eval_dataset"):
+        DPOTrainer(tiny_policy(seed=0, device="cpu"), DATA, config()).evaluate()
+
+
+# ---------------------------------------------------------------------------------------------- schedule, lengths
+def test_warmup_ratio_warms_up_for_ceil_ratio_times_the_steps():
+    kw = dict(optimizer="sgd", learning_rate=0.5, lr_scheduler_type="linear", max_steps=3)
+    by_ratio, by_steps = train(warmup_ratio=0.5, **kw), train(warmup_steps=2, **kw)  # ceil(1.5) = 2
+    assert by_ratio.history == by_steps.history
+    assert_states_equal(state(by_ratio.policy), state(by_steps.policy))
+    assert config(warmup_steps=0.5).warmup_ratio == 0.5  # transformers 5 writes the ratio as warmup_steps < 1
+    with pytest.raises(ValueError, match="pass warmup_steps \\(2\\) or warmup_ratio \\(0.1\\), not both"):
+        config(warmup_steps=2, warmup_ratio=0.1)
+    with pytest.raises(ValueError, match="warmup_ratio must be a number in \\[0, 1\\]"):
+        config(warmup_ratio=1.5)
+
+
+def test_max_completion_length_keeps_the_prompt_and_the_first_completion_tokens():
+    p = tiny_policy(seed=0, device="cpu")
+    full, cut = DPOTrainer(p, DATA, config()), DPOTrainer(p, DATA, config(max_completion_length=2))
+    for (r, m), (rc, mc) in zip(zip(full.rows, full.masks), zip(cut.rows, cut.masks)):
+        assert sum(mc) == min(2, sum(m)) and m.count(0) == mc.count(0) and r[: len(rc)] == rc
+    assert any(sum(m) > 2 for m in full.masks)  # some completion really was cut
+    assert train(max_completion_length=2, max_steps=1).history[0]["loss"] == pytest.approx(LN2, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- things said aloud
+def chat_policy():
+    from alignlecture.models import toy_tokenizer
+
+    tok = toy_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tiny_policy(tok, seed=0, device="cpu")
+
+
+def test_prompts_already_in_the_chat_template_are_refused_while_chat_is_true():
+    p = chat_policy()
+    formatted = {**DATA, "prompt": [p.format_prompt(x) for x in PROMPTS]}
+    with pytest.raises(ValueError, match=r"prompt 0 already holds the chat template \(it contains '<\|im_start\|>'\)"
+                                         r".*DPOConfig\(chat=False\)"):
+        DPOTrainer(p, formatted, config(chat=True))
+    with pytest.raises(ValueError, match="eval prompt 0 already holds the chat template"):
+        DPOTrainer(p, DATA, config(chat=True), eval_dataset=formatted)
+    plain = DPOTrainer(p, DATA, config(chat=True))  # plain prompts: templated once, here
+    mine = DPOTrainer(p, formatted, config(chat=False))  # formatted by the caller: taken as they are
+    assert plain.rows == mine.rows
+
+
+def test_pairs_that_do_not_fill_the_last_batch_are_counted_and_warned_about():
+    with pytest.warns(UserWarning, match="2 of the 10 pairs are not trained on in the last epoch"):
+        result = train(data=TEN)
+    assert result.skipped_pairs == 2 and len(result.history) == 2
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train(data=TEN, num_train_epochs=2).skipped_pairs == 0  # 20 pairs: the order runs on across epochs
+        assert train(data=TEN, max_steps=3).skipped_pairs == 0
+    assert not [w for w in caught if "not trained on" in str(w.message)]
+
+
+def test_resuming_a_run_that_already_reached_max_steps_says_nothing_is_left(tmp_path):
+    out = str(tmp_path / "run")
+    first = train(max_steps=2, save_steps=2, output_dir=out)
+    with pytest.warns(UserWarning, match="already at optimizer step 2, the run's last .*nothing is left to train"):
+        again = train(max_steps=2, save_steps=2, output_dir=out, resume=True)
+    assert again.history == first.history
+    assert_states_equal(state(again.policy), state(first.policy))
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(tmp_path):
+    out = tmp_path / "run"
+    straight = train(max_steps=4)
+    train(max_steps=2, save_steps=2, output_dir=str(out))
+    path = out / "checkpoint-2" / "trainer_state.json"
+    saved = json.loads(path.read_text())
+    for new in ("warmup_ratio", "max_completion_length", "eval_strategy", "eval_steps", "per_device_eval_batch_size"):
+        del saved["config"][new]
+    path.write_text(json.dumps(saved))
+    assert train(max_steps=4, save_steps=2, output_dir=str(out), resume=True).history == straight.history
+
+
 # ---------------------------------------------------------------------------------------------- multi-process
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
