@@ -5,7 +5,8 @@ draws, the chosen response has distribution
 
     π_n(y) = [F(y)^n − F⁻(y)^n] · π(y) / π(r = r(y)),    F(y) = P(r ≤ r(y)),  F⁻(y) = P(r < r(y)),
 
-and KL(π_n ‖ π) ≤ log n − (n − 1)/n, with equality in the limit of a continuous reward distribution.
+and KL(π_n ‖ π) ≤ log n − (n − 1)/n, with equality in the limit of a continuous reward distribution. Its win
+rate against one draw from π (ties counted half) is at most n/(n + 1), with the same limit (``bon_win_rate``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,22 @@ def bon_kl_bound(n: int) -> float:
     """The best-of-n KL bound log n − (n − 1)/n (Beirami et al. 2024)."""
     n = check_n(n)
     return math.log(n) - (n - 1) / n
+
+
+def bon_win_rate(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> float:
+    """P(best-of-n beats one draw from π) + ½ P(tie), exactly: Σ_y π_n(y)·[F⁻(y) + ½ π(r = r(y))].
+
+    A tie counts half, so n = 1 gives exactly ½ on any distribution. Summed over a tie level ℓ this is
+    (F_ℓ^n − F⁻_ℓ^n)(F_ℓ + F⁻_ℓ)/2, a trapezoid rule for ∫₀¹ u d(uⁿ) = n/(n + 1): the familiar n/(n + 1) is the
+    continuous limit, and because d(uⁿ) weighs the upper end of every level more, ties only lower the win rate.
+    ``probs`` [K] sums to 1, ``rewards`` [K]; returns a float in [0, 1).
+    """
+    n, p = check_n(n), _check_probs(probs)
+    if p.dim() != 1:
+        raise ValueError(f"probs must be one distribution [K]; got shape {tuple(p.shape)}")
+    order, sorted_p, F, m = levels = tie_levels(p, _check_rewards(rewards, p, finite=True))
+    chosen = bon_from_tie_levels(levels, n).gather(-1, order)  # π_n of each sorted outcome
+    return float((chosen * (F - m / 2)).sum())  # F − m/2 = P(r < level) + ½ P(r = level)
 
 
 def sample_best_of_n(

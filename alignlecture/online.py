@@ -209,12 +209,14 @@ def measured_rates(gap: torch.Tensor, *, floor: float = 1e-12, window: int = 5) 
 LM_SAMPLERS = ("reference", "mix-p")
 
 
-def sample_pairs(policy, ref_policy, prompts: list[str], sampler: str, *, alpha: float = 1.0, seed: int = 0,
+def sample_pairs(policy, ref_policy, prompts: list[str], sampler: str, *, alpha: float = 0.5, seed: int = 0,
                  max_new_tokens: int = 32) -> tuple[list[str], list[str]]:
     """Two responses per prompt: ``"reference"`` draws both from π_ref (the fixed sampler, DPO-Unif's stand-in);
     ``"mix-p"`` draws, for every other prompt, one response from π^{1+α}π_ref^{−α} and one from π^{1−α}π_ref^{α}
     (chapter 3's logit-mixing decoder: away from π_ref along what training changed, and back), and keeps the
-    rest on π_ref — the paper's mixture of a uniform part and a policy-dependent part."""
+    rest on π_ref — the paper's mixture of a uniform part and a policy-dependent part. The default α = 0.5 is the
+    authors' generation script's (logit weights (1.5, −0.5) and (0.5, 0.5)); α = 1 would make the second
+    response a plain π_ref sample, since π^0 π_ref^1 = π_ref."""
     from .mixing import generate_mixed
     from .models import generate
 
@@ -232,7 +234,7 @@ def sample_pairs(policy, ref_policy, prompts: list[str], sampler: str, *, alpha:
 
 
 def lm_online_dpo(policy, ref_policy, gold, prompts: list[str], eval_prompts: list[str], sampler: str, *,
-                  rounds: int, config, alpha: float = 1.0, label_scale: float = 10.0, eval_samples: int = 2,
+                  rounds: int, config, alpha: float = 0.5, label_scale: float = 10.0, eval_samples: int = 2,
                   max_new_tokens: int = 32, seed: int = 0) -> dict:
     """Online DPO rounds on an LM: sample pairs, label them with ``gold`` (Bradley–Terry, ``label_scale``), one
     ``train.DPOTrainer`` run against the fixed ``ref_policy``; ``policy`` trains in place. With

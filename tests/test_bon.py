@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alignlecture import bon, models
-from alignlecture.bon import bon_distribution, bon_kl_bound, kl_divergence
+from alignlecture.bon import bon_distribution, bon_kl_bound, bon_win_rate, kl_divergence
 
 PROPERTY = settings(max_examples=30, deadline=None)
 
@@ -424,3 +424,48 @@ def test_chapter_6_limit_exercise_accepts_the_solution_rejects_the_wrong_answer_
         raise NotImplementedError
 
     assert ch06.check_limit(stub).startswith(NOT_ATTEMPTED)
+
+
+def brute_force_win_rate(probs, rewards, n):
+    """Enumerate every n-tuple and one base draw: best-of-n (ties split) wins 1, ties ½, loses 0."""
+    chosen = brute_force_bon(probs, rewards, n)
+    K = len(probs)
+    return sum(float(chosen[i]) * probs[j] * (1.0 if rewards[i] > rewards[j] else 0.5 if rewards[i] == rewards[j] else 0.0)
+               for i in range(K) for j in range(K))
+
+
+@PROPERTY
+@given(small_cases)
+def test_bon_win_rate_equals_brute_force_over_all_n_tuples_and_base_draws_with_ties_half(case):
+    weights, rewards, n = case
+    probs = [w / sum(weights) for w in weights]
+    rewards = [float(r) for r in rewards[: len(probs)]]
+    got = bon_win_rate(torch.tensor(probs, dtype=torch.float64), torch.tensor(rewards, dtype=torch.float64), n)
+    assert got == pytest.approx(brute_force_win_rate(probs, rewards, n), abs=1e-12)
+
+
+@PROPERTY
+@given(small_cases)
+def test_bon_win_rate_is_one_half_at_n_1_and_never_above_n_over_n_plus_1(case):
+    weights, rewards, n = case
+    probs = torch.tensor([w / sum(weights) for w in weights], dtype=torch.float64)
+    r = torch.tensor([float(x) for x in rewards[: len(probs)]], dtype=torch.float64)
+    assert bon_win_rate(probs, r, 1) == pytest.approx(0.5, abs=1e-12)
+    assert bon_win_rate(probs, r, n) <= n / (n + 1) + 1e-12
+
+
+@pytest.mark.parametrize("n", [2, 4, 16, 256])
+def test_bon_win_rate_of_uniform_distinct_rewards_tends_to_n_over_n_plus_1(n):
+    K = 1000  # the trapezoid rule's error shrinks like (n/K)²
+    got = bon_win_rate(torch.full((K,), 1 / K, dtype=torch.float64), torch.arange(K, dtype=torch.float64), n)
+    assert got <= n / (n + 1) and got == pytest.approx(n / (n + 1), abs=(n / K) ** 2)
+
+
+def test_bon_win_rate_is_one_half_when_every_reward_ties():
+    p = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    assert bon_win_rate(p, torch.zeros(3, dtype=torch.float64), 64) == pytest.approx(0.5, abs=1e-15)
+
+
+def test_bon_win_rate_refuses_a_batch_of_distributions():
+    with pytest.raises(ValueError, match="one distribution"):
+        bon_win_rate(torch.full((2, 3), 1 / 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64), 2)
