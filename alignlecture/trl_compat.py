@@ -213,6 +213,7 @@ def from_trl(trl_config, config_class):
 
 
 def is_trl_config(config) -> bool:
+    """Whether ``config`` is TRL's own ``trl.DPOConfig`` (recognised by name and module, without importing TRL)."""
     return type(config).__name__ == "DPOConfig" and type(config).__module__.startswith("trl")
 
 
