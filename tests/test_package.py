@@ -176,3 +176,63 @@ def test_check_portable_refuses_to_empty_the_course_cache_or_the_repository(tmp_
     assert module.unsafe(root) and module.unsafe(root.parent) and module.unsafe(Path.home())
     assert not module.unsafe(tmp_path / "scratch")
     assert not module.unsafe(root / ".portable-cache")
+
+
+def _package_imports():
+    """{module: {(imported module, name or None)}} over alignlecture's own modules, imports inside functions too."""
+    import ast
+    from pathlib import Path
+
+    import alignlecture
+
+    root = Path(alignlecture.__file__).resolve().parent
+    mods = {p.stem: p for p in root.glob("*.py")}
+    out = {}
+    for name, path in mods.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    edges |= {(node.module.split(".")[0], a.name) for a in node.names}
+                else:
+                    edges |= {(a.name, None) for a in node.names}
+        out[name] = {(m, n) for m, n in edges if m in mods and m not in (name, "__init__")}
+    return out
+
+
+def test_no_import_cycle_among_the_package_modules_imports_inside_functions_included():
+    graph = {m: {t for t, _ in e} for m, e in _package_imports().items()}
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            assert state.get(t) != 1, f"import cycle: {' → '.join(path + [t])}"
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = sorted((m, t, n) for m, e in _package_imports().items() for t, n in e
+                     if n and n.startswith("_") and not t.startswith("_") and not n.startswith("__"))
+    assert private == []
+
+
+def test_no_chapter_shows_a_private_function():
+    import json
+    import re
+    from pathlib import Path
+
+    shown = []
+    for nb in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                for arg in re.findall(r"show_source\(([^)]*)\)", "".join(cell["source"])):
+                    if re.search(r"(^|\.)_[a-z]", arg.strip()):
+                        shown.append((nb.name, arg))
+    assert shown == []
