@@ -24,6 +24,7 @@ SPREAD_LIMIT = 300.0  # nats: log π/π_ref spread beyond this is read as "the m
 BOUNDARY_SPREAD = 50.0  # nats: a search that stalls (loss flat to round-off) with a spread beyond this is too
 TOLERANCE = 1e-10  # the Newton step (distance to the minimiser, in logits) at which we stop
 MAX_STEP = 10.0  # nats: the longest step taken at once (a trust region for flat directions)
+ROUNDOFF_SPREAD = -math.log(torch.finfo(torch.float64).eps)  # 36 nats: e^{-36} is below float64's resolution of 1
 
 
 @dataclass(frozen=True)
@@ -148,10 +149,11 @@ def population_loss(logits, pi_ref, mu, pref, beta: float, loss_type: str, label
 
 
 # ---------------------------------------------------------------------------------------------- the solvers
-def _newton(f, x0: torch.Tensor, ref_logp: torch.Tensor, max_iter: int) -> dict:
+def _newton(f, x0: torch.Tensor, ref_logp: torch.Tensor, max_iter: int, beta: float = 1.0) -> dict:
     """Minimise f over logits x (f(x + c) = f(x)) by Newton's method on the complement of the constant direction,
     eigenvalues taken in absolute value (saddle-free), steps at most MAX_STEP long, Armijo backtracking up to
-    round-off (so a loss that flattens out below float64's resolution is still followed to infinity)."""
+    round-off (so a loss that flattens out below float64's resolution is still followed to infinity). β: the
+    scale at which the loss reads log-ratios (σ(β·…)), so that a loss saturated at β·spread > 36 counts as flat."""
     k = len(x0)
     basis = torch.linalg.svd(torch.eye(k, dtype=torch.float64) - 1.0 / k).U[:, : k - 1]  # orthonormal, ⟂ 1
     x, step_norm = x0.clone(), math.inf
@@ -173,7 +175,10 @@ def _newton(f, x0: torch.Tensor, ref_logp: torch.Tensor, max_iter: int) -> dict:
         spread = float((x - ref_logp).max() - (x - ref_logp).min())
         if step_norm < TOLERANCE and bool((lam > 0).all()):
             return dict(x=x, value=float(value), grad=float(grad.norm()), step=step_norm, it=it, status="converged")
-        if spread > SPREAD_LIMIT:
+        # the loss is flat to round-off with some π(y)/π_ref(y) already below e^{-36}: those responses are on their
+        # way to 0 (the loss and its curvature vanish as they go, so Newton alone would crawl there for ever)
+        flat = float(grad.norm()) <= 64 * torch.finfo(torch.float64).eps * max(1.0, abs(float(value)))
+        if spread > SPREAD_LIMIT or (flat and spread * max(1.0, beta) > ROUNDOFF_SPREAD):
             return dict(x=x, value=float(value), grad=float(grad.norm()), step=step_norm, it=it, status="diverged")
         t, slope = 1.0, float(g @ d)
         while t > 1e-12:
@@ -258,7 +263,7 @@ def population_optimum(pi_ref, mu, pref, beta: float, loss_type: str, label_smoo
     def f(x):
         return population_loss(x, pi_ref, mu, pref, beta, loss_type, label_smoothing, discopop_tau)
 
-    out = _newton(f, ref_logp.clone(), ref_logp, max_iter)
+    out = _newton(f, ref_logp.clone(), ref_logp, max_iter, beta)
     probs = torch.softmax(out["x"], -1)
     stats = dict(loss=out["value"], grad_norm=out["grad"], step_norm=out["step"], iterations=out["it"])
     if out["status"] == "converged":
@@ -308,3 +313,45 @@ def optimum_row(pi_ref, mu, pref, rewards, beta: float, loss_type: str, label_sm
         "kl_to_ref": kl(p, pi_ref) if p is not None else nan,
         "grad_norm": result.grad_norm, "message": result.message,
     }
+
+
+# ---------------------------------------------------------------------------------------------- the first step
+CASES = ("1: w↑ l↓", "2: both ↓", "3: both ↑", "4: w↓ l↑")  # chapter 4's three cases, and the one DPO never takes
+
+
+def first_step_changes(pi_ref, mu, pref, beta: float, loss_type: str, label_smoothing: float = 0.0, *,
+                       discopop_tau: float = 0.05) -> torch.Tensor:
+    """Δ log π(y) per unit step size, [K] float64, for the first step of gradient descent on the population loss
+    from π = π_ref: the logits move by Δθ = −∇_θ L(π_ref) and, to first order, Δ log π(y) = ⟨Δθ, e_y − π_ref⟩ (the
+    softmax's ∇_θ log π(y)). The step of a large batch drawn from the pair law: it mixes every pair's push."""
+    one_of(loss_type, "loss_type", LOSS_TYPES)
+    check_dpo_args(beta, loss_type, label_smoothing, discopop_tau=discopop_tau)
+    pi_ref, mu, pref = check_world(pi_ref, mu, pref)
+    k = len(pi_ref)
+    if loss_type == "aot_unpaired":
+        raise ValueError("'aot_unpaired' has no first step from π = π_ref: every log π/π_ref is 0 there, so sorting "
+                         "the chosen and the rejected log-ratios ties them all and the loss has a kink, not a gradient")
+    if loss_type == "aot":
+        margins = (pi_ref.log()[:, None] - pi_ref.log()[None, :])[~torch.eye(k, dtype=torch.bool)]
+        if len(torch.unique(margins)) < len(margins):
+            raise ValueError("'aot' has no first step from this π_ref: two pairs of responses have the same reference "
+                             "margin, so sorting ties them and the loss has a kink there; perturb π_ref")
+    logits = pi_ref.log().clone().requires_grad_(True)
+    loss = population_loss(logits, pi_ref, mu, pref, beta, loss_type, label_smoothing, discopop_tau)
+    (grad,) = torch.autograd.grad(loss, logits)
+    step = -grad
+    return step - step @ pi_ref  # ⟨Δθ, e_y − π⟩ for every y at once
+
+
+def first_step_cases(pi_ref, mu, pref, beta: float, loss_type: str, label_smoothing: float = 0.0, *,
+                     discopop_tau: float = 0.05) -> torch.Tensor:
+    """Chapter 4's case frequencies at the first step (``first_step_changes``): the pair-law mass of the pairs of
+    distinct responses (chosen y_w, rejected y_l) whose first-order changes fall in case 1 (Δw ≥ 0 ≥ Δl), 2 (both
+    fall), 3 (both rise) or 4 (Δw < 0 < Δl: the margin shrinks, which DPO's step never does), [4] float64 summing
+    to 1. A change within round-off of zero (64 ulps of the largest change) counts as zero, so a tie is case 1."""
+    delta = first_step_changes(pi_ref, mu, pref, beta, loss_type, label_smoothing, discopop_tau=discopop_tau)
+    delta = torch.where(delta.abs() <= 64 * torch.finfo(delta.dtype).eps * float(delta.abs().max()), 0.0, delta)
+    w, l = delta[:, None], delta[None, :]  # [K, 1] chosen, [1, K] rejected
+    case = torch.where((w >= 0) & (l <= 0), 0, torch.where((w < 0) & (l > 0), 3, torch.where(w < 0, 1, 2)))
+    law = pair_law(*check_world(pi_ref, mu, pref)[1:]).clone().fill_diagonal_(0.0)  # distinct responses only
+    return torch.zeros(4, dtype=torch.float64).index_add_(0, case.reshape(-1), law.reshape(-1)) / law.sum()

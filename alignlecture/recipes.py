@@ -58,6 +58,17 @@ RECIPES: dict[str, Recipe] = {
         Recipe("smollm2-positivity-normalized", "smollm2-positivity trained by pairwise-normalized descent instead "
                "of the plain DPO gradient (chapter 4 compares the two runs)", gold="positivity",
                dpo={**DPO_DEFAULTS, "pairwise_normalized": True}),
+        # chapter 8: two other loss types of TRL's DPOTrainer on the same data, seed and schedule
+        Recipe("smollm2-positivity-ipo", "smollm2-positivity trained with the IPO loss (loss_type='ipo') at β = 0.5 "
+               "instead of DPO's sigmoid loss at β = 0.1. IPO regresses the per-token log-ratio margin onto 1/(2β), "
+               "so its β is on another scale than DPO's: the target is 5 nats per token at β = 0.1 and 1 nat per "
+               "token at β = 0.5 (chapter 8 compares the loss types and the margins their runs reach)",
+               gold="positivity", dpo={**DPO_DEFAULTS, "loss_type": "ipo", "beta": 0.5}),
+        Recipe("smollm2-positivity-apo-zero", "smollm2-positivity trained with APO-zero (loss_type='apo_zero') at "
+               "DPO's β = 0.1: it pushes the chosen answer's log-ratio up and the rejected one's down, each "
+               "through σ(β·log π/π_ref) of the same summed log-ratio DPO's implicit reward uses, so DPO's β keeps "
+               "its meaning (chapter 8 compares the loss types)", gold="positivity",
+               dpo={**DPO_DEFAULTS, "loss_type": "apo_zero"}),
         # seeds 1 and 2 of the two runs chapter 4 compares: another data sample, other labels, another batch order
         *(Recipe(f"smollm2-positivity-seed{s}", f"smollm2-positivity with seed {s} for its data, labels and batch "
                  "order (chapter 4 compares methods over seeds 0, 1, 2)", gold="positivity", sample_seed=s,

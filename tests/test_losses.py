@@ -11,7 +11,8 @@ import torch
 
 from alignlecture.dpo import dpo_loss
 from alignlecture.losses import (
-    bradley_terry, kl, optimum_row, pair_law, population_loss, population_optimum, tilted, win_rate,
+    bradley_terry, first_step_cases, first_step_changes, kl, optimum_row, pair_law, population_loss,
+    population_optimum, tilted, win_rate,
 )
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
@@ -264,3 +265,69 @@ def test_optimum_row_without_a_finite_optimum_has_nan_numbers():
     row = optimum_row(pi_ref, mu, deterministic(r), r, 0.5, "sigmoid")
     assert row["exists"] is False
     assert all(math.isnan(row[key]) for key in ("kl_to_star", "gold_reward", "kl_to_ref"))
+
+
+def test_apo_zero_is_reported_without_a_finite_optimum_where_its_losers_stall_below_round_off():
+    """apo_zero's loss is Σ_y (rejected − chosen mass)·σ(β log π/π_ref) + const: a response rejected more often than
+    chosen is pushed to π = 0, but its loss and curvature vanish like e^{β log π/π_ref} on the way, so Newton crawls;
+    the solver stops once they are below round-off (chapter 8's world: it used to run out of iterations)."""
+    pi_ref = torch.tensor([0.10, 0.20, 0.30, 0.25, 0.15], dtype=torch.float64)
+    r = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0], dtype=torch.float64)
+    result = population_optimum(pi_ref, pi_ref, bradley_terry(r), 1.0, "apo_zero")
+    law = pair_law(pi_ref, bradley_terry(r))
+    losers = (law.sum(0) > law.sum(1)).nonzero()[:, 0].tolist()
+    assert not result.exists and losers == [3, 4]
+    assert f"responses {losers}" in result.message
+    assert all(float(result.limit[i]) < 1e-14 for i in losers)
+
+
+# ---------------------------------------------------------------------------------------------- the first step
+def test_first_step_changes_are_the_first_order_change_of_log_probs_after_a_small_step():
+    pi_ref, mu, r = world(5, 13)
+    pref = noisy(r)
+    for loss_type, eps in (("sigmoid", 0.0), ("apo_down", 0.0), ("exo_pair", 0.01), ("sft", 0.0), ("aot", 0.1)):
+        delta = first_step_changes(pi_ref, mu, pref, 0.7, loss_type, eps)
+        logits = pi_ref.log().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(population_loss(logits, pi_ref, mu, pref, 0.7, loss_type, eps), logits)
+        for eta in (1e-4, 1e-5):
+            moved = torch.log_softmax(pi_ref.log() - eta * grad, 0) - pi_ref.log()
+            assert float((moved / eta - delta).abs().max()) < 50 * eta * float(delta.abs().max()) + 1e-9
+
+
+def test_first_step_cases_are_a_distribution_over_the_four_cases():
+    pi_ref, mu, r = world(5, 14)
+    cases = first_step_cases(pi_ref, mu, deterministic(r), 0.5, "sigmoid")
+    assert cases.shape == (4,) and float(cases.sum()) == pytest.approx(1.0, abs=1e-14) and bool((cases >= 0).all())
+
+
+@pytest.mark.parametrize("loss_type", ["hinge", "ipo", "nca_pair", "robust", "bco_pair", "sppo_hard", "apo_zero",
+                                       "sigmoid_norm"])
+def test_at_the_reference_these_losses_take_dpos_first_step_direction(loss_type):
+    """At π = π_ref every margin is 0, so each of these losses weighs every pair alike and pushes ρ_w up, ρ_l down:
+    its first step is a positive multiple of DPO's, and the cases are DPO's."""
+    pi_ref, mu, r = world(5, 15)
+    pref = noisy(r)
+    eps = 0.1 if loss_type == "robust" else 0.0
+    ours, dpo = first_step_changes(pi_ref, mu, pref, 0.5, loss_type, eps), first_step_changes(pi_ref, mu, pref, 0.5, "sigmoid")
+    scale = float(ours @ dpo / (dpo @ dpo))
+    assert scale > 0
+    torch.testing.assert_close(ours, scale * dpo, rtol=0, atol=1e-12)
+    torch.testing.assert_close(first_step_cases(pi_ref, mu, pref, 0.5, loss_type, eps),
+                               first_step_cases(pi_ref, mu, pref, 0.5, "sigmoid"), rtol=0, atol=1e-14)
+
+
+def test_discopop_first_step_is_dpos_reversed_so_its_cases_swap():
+    """DiscoPOP's slope at margin 0 is β[(1 − ln 2)/(4τ) − 3/4] > 0 for τ = 0.05: the step lowers every margin."""
+    pi_ref, mu, r = world(5, 16)
+    pref = bradley_terry(r)
+    disco, dpo = first_step_cases(pi_ref, mu, pref, 0.5, "discopop"), first_step_cases(pi_ref, mu, pref, 0.5, "sigmoid")
+    torch.testing.assert_close(disco, dpo[[3, 2, 1, 0]], rtol=0, atol=1e-14)
+
+
+def test_aot_unpaired_has_no_first_step_from_the_reference_and_says_why():
+    pi_ref, mu, r = world(4, 17)
+    with pytest.raises(ValueError, match="every log π/π_ref is 0 there"):
+        first_step_cases(pi_ref, mu, bradley_terry(r), 0.5, "aot_unpaired")
+    uniform = torch.full((4,), 0.25, dtype=torch.float64)
+    with pytest.raises(ValueError, match="two pairs of responses have the same reference margin"):
+        first_step_cases(uniform, mu, bradley_terry(r), 0.5, "aot", 0.1)
