@@ -26,6 +26,7 @@ from .logprobs import generation_logprobs
 from .models import generate
 from .rewards import gold_reward
 from .samples import policy_key, sample
+from . import stats
 from .stats import bootstrap_mean
 from .top_blocks import generation_logprobs_many
 
@@ -45,9 +46,11 @@ class Interval:
     high: float
 
     def text(self, digits: int = 3, signed: bool = False) -> str:
-        """``+0.120 [+0.049, +0.197]``: the mean and its interval at ``digits`` decimals."""
-        f = f"{{:{'+' if signed else ''}.{digits}f}}"
-        return f"{f.format(self.mean)} [{f.format(self.low)}, {f.format(self.high)}]"
+        """``+0.120 [+0.049, +0.197]``: the mean and its interval at ``digits`` decimals (never ``-0.00``)."""
+        def f(x: float) -> str:
+            return stats.signed(x, digits) if signed else f"{round(x, digits) + 0.0:.{digits}f}"
+
+        return f"{f(self.mean)} [{f(self.low)}, {f(self.high)}]"
 
 
 @dataclass(frozen=True)

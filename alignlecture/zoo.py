@@ -6,8 +6,9 @@ on the same kind of machine. Only the tensors that training changed are stored (
 
 Every policy carries a model card in the Hugging Face convention, ``README.md`` beside its weights
 (``model_card(name)``): the recipe, and an evaluation against the base model on prompts it never trained on —
-gold reward, KL and fluency with 95 % intervals (``evaluation``), computed once, with the policy, and stored as
-``evaluation.json`` (``evaluation(name)``).
+gold reward, KL and fluency with 95 % intervals (``evaluation``), computed once — the first time it is asked for,
+so a cold machine spends it only on the cards a chapter reads — and stored as ``evaluation.json``
+(``evaluation(name)``).
 """
 
 from __future__ import annotations
@@ -49,14 +50,13 @@ def _dir(rec: Recipe) -> Path:
 
 
 def train(name: str, *, device=None, progress: bool = False) -> tuple[TrainResult, PreferenceDataset]:
-    """Train a zoo policy from scratch (always), store it in the cache, evaluate it and write its model card;
-    returns the run and its data."""
+    """Train a zoo policy from scratch (always) and store it in the cache; returns the run and its data. Its model
+    card is computed the first time it is asked for (``evaluation``, ``model_card``) and stored beside it."""
     rec = recipe(name)
     policy = load_policy(rec.base, device=device)
     data = samples.preference_data(rec, policy)
     result = DPOTrainer(policy, data, dpo_config(rec, progress=progress)).train()
     save_tuned(rec, result.policy)
-    write_card(rec, result.policy, _evaluate(rec, result.policy))
     return result, data
 
 
@@ -114,10 +114,9 @@ def evaluation(name: str, *, device=None) -> Evaluation:
     the policy trained first, if it is not in the cache) and stored with its model card."""
     rec = recipe(name)
     path = _dir(rec) / EVALUATION
-    if not path.is_file():
-        policy = load_tuned(name, device=device)  # trains, evaluates and writes the card when not cached
-        if not path.is_file():  # weights cached before cards existed, or saved by a chapter's own run
-            write_card(rec, policy, _evaluate(rec, policy))
+    if not path.is_file():  # the first time it is asked for (a new training run replaces the whole directory)
+        policy = load_tuned(name, device=device)  # trained first if it is not in the cache
+        write_card(rec, policy, _evaluate(rec, policy))
     return Evaluation.from_dict(json.loads(path.read_text()))
 
 
