@@ -249,6 +249,7 @@ def dpo_loss(
       discopop     ✓ (1−m)(−log σ(βh)) + m e^{−βh}, m = σ(βh/τ)        DiscoPOP, Lu et al. 2024
       sft          – −log π(y_w)/n̄_w (n̄_w: the batch's mean chosen length)   MPO's SFT term, Wang et al. 2024
       sigmoid_norm ✓ −log σ(β(ρ_w/n_w − ρ_l/n_l))                     length-normalised DPO (cf. SimPO, Meng 2024)
+
     'aot', 'aot_unpaired' and 'sft' are batch-level: entry k depends on the whole batch (the aot ones are sorted).
     """
     names, weights = check_dpo_args(beta, loss_type, label_smoothing, loss_weights, discopop_tau)

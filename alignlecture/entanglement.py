@@ -339,7 +339,7 @@ class PairGradients:
         return torch.stack(grads), torch.stack(logps), w, l
 
     def row_gradients(self, pairs) -> tuple[RowGradients, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The distinct responses of ``pairs`` in ONE batched forward: (their :class:`RowGradients`, log π [m] with
+        """The distinct responses of ``pairs`` in ONE batched forward: (their :class:`~alignlecture.per_example.RowGradients`, log π [m] with
         gradient, each pair's chosen and rejected position [k]) — Gram matrix and steps without per-row passes."""
         first, w, l = self._distinct(pairs)
         batch = self._padded(first)
@@ -389,7 +389,7 @@ def lm_step(pg: PairGradients, pairs, ref_chosen, ref_rejected, beta: float, lea
     """One SGD step on the mean DPO loss of ``pairs`` (or its pairwise-normalized form); first-order vs actual.
 
     Everything first-order comes from the Gram matrix K = G Gᵀ of the distinct responses' gradients, built
-    from one batched backward (:class:`RowGradients`, never G itself): the step is Δθ = Σ_r α_r G_r, so ⟨Δθ, ∇ log π(y_s)⟩ = (K α)_s. ``step_norm`` rescales Δθ to that length (to
+    from one batched backward (:class:`~alignlecture.per_example.RowGradients`, never G itself): the step is Δθ = Σ_r α_r G_r, so ⟨Δθ, ∇ log π(y_s)⟩ = (K α)_s. ``step_norm`` rescales Δθ to that length (to
     compare directions at equal step sizes). Returns per pair: the case by the lecture's single-pair terms,
     the first-order changes under the whole batch's step, the actual changes; and ‖Δθ‖.
     """

@@ -108,7 +108,7 @@ def _interval(per_prompt: torch.Tensor) -> Interval:
 
 
 def per_token_nll(policy, generations) -> torch.Tensor:
-    """−log π(y | x) / |y| of each sampled completion under ``policy``: the mean per-token NLL, Tensor [n]."""
+    """−log π(y ∣ x) / len(y) of each sampled completion under ``policy``: the mean per-token NLL, Tensor [n]."""
     lengths = torch.tensor([len(ids) for ids in generations.completion_ids], dtype=torch.float64)
     return -generation_logprobs(policy, generations).double() / lengths
 

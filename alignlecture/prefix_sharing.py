@@ -5,7 +5,7 @@ the prompt is often the longest part (a chat template alone adds ~30 tokens). Pa
 x y_w y_l, with
 
 - an attention mask in which each token of y_l sees x and the earlier tokens of y_l, never y_w, and
-- position ids that restart after x (y_l's first token gets position |x|, as in its own row),
+- position ids that restart after x (y_l's first token gets position len(x), as in its own row),
 
 every token sees exactly the tokens, at exactly the positions, that it sees in its own row. So the log-probs
 — and their gradients, which flow through x from both responses — are those of the two rows, up to float
