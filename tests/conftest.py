@@ -55,3 +55,20 @@ def tiny():
     from alignlecture.models import tiny_policy
 
     return tiny_policy(seed=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sharp(tiny):
+    """The tiny Llama with ×10 matrices: peaked, context-dependent next-token distributions."""
+    import copy
+
+    import torch
+
+    from alignlecture.models import Policy
+
+    model = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        for w in model.parameters():
+            if w.dim() == 2:
+                w.mul_(10.0)
+    return Policy(model=model, tokenizer=tiny.tokenizer, name="tiny-sharp", source="random")

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
-import pytest
 import torch
 
 from alignlecture.decoding import CachedDecoder
 from alignlecture.logprobs import completion_logprobs, encode_ids, prompt_token_ids
 from alignlecture.mixing import check_same_vocabulary
-from alignlecture.models import Policy
 
 PROMPTS = ["write one sentence about the dog", "i love tea", "the"]
-
-
-@pytest.fixture(scope="module")
-def sharp(tiny):
-    """The tiny Llama with ×10 matrices: peaked, context-dependent next-token distributions."""
-    model = copy.deepcopy(tiny.model)
-    with torch.no_grad():
-        for w in model.parameters():
-            if w.dim() == 2:
-                w.mul_(10.0)
-    return Policy(model=model, tokenizer=tiny.tokenizer, name="tiny-sharp", source="random")
 
 
 def test_the_default_vocabulary_is_the_tokenizers(sharp):

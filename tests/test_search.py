@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -11,7 +10,6 @@ import torch
 from alignlecture.bon import kl_divergence
 from alignlecture.logprobs import completion_logprobs, encode_ids, prompt_token_ids
 from alignlecture.mixing import generate_mixed
-from alignlecture.models import Policy
 from alignlecture.qfunction import soft_values
 from alignlecture.search import (
     check_temperature,
@@ -30,17 +28,6 @@ PROMPTS = ["write one sentence about the dog", "i love tea", "the"]
 def likes_good(texts):
     """A toy text reward: +1 per "good", −1 per "bad"."""
     return [t.split().count("good") - t.split().count("bad") for t in texts]
-
-
-@pytest.fixture(scope="module")
-def sharp(tiny):
-    """The tiny Llama with ×10 matrices: peaked, context-dependent next-token distributions."""
-    model = copy.deepcopy(tiny.model)
-    with torch.no_grad():
-        for w in model.parameters():
-            if w.dim() == 2:
-                w.mul_(10.0)
-    return Policy(model=model, tokenizer=tiny.tokenizer, name="tiny-sharp", source="random")
 
 
 @pytest.fixture(scope="module")
