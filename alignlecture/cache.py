@@ -65,16 +65,29 @@ def memo(kind: str, key: dict, compute: Callable[[], object]):
     if target.is_file():
         return _load(target)
     value = compute()
+    with atomic_file(target) as tmp:
+        torch.save({"key": key, "value": value}, tmp)
+    return _load(target)  # what every later call returns: the stored value, its tensors on the CPU
+
+
+@contextmanager
+def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
+    """A new temporary file beside ``target`` to write; on leaving the block it replaces ``target``.
+
+    ``with atomic_file(out) as tmp: tmp.write_text(...)``. Each writer gets its own temporary name, so concurrent
+    writers never mix their bytes; if the block raises, the temporary file is removed and ``target`` is left as it
+    was.
+    """
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        torch.save({"key": key, "value": value}, tmp)
+        yield Path(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return _load(target)  # what every later call returns: the stored value, its tensors on the CPU
 
 
 def _load(target: Path):

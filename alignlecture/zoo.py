@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import samples
-from .cache import atomic_directory, cache_dir
+from .cache import atomic_directory, atomic_file, cache_dir
 from .evaluation import Evaluation, evaluate
 from .models import KNOWN_MODELS, Policy, load_policy
 from .preferences import PreferenceDataset
@@ -102,13 +102,6 @@ def _evaluate(rec: Recipe, tuned: Policy) -> Evaluation:
                     max_new_tokens=rec.max_new_tokens, seed=EVAL_SEED)
 
 
-def _write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file beside it, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def evaluation(name: str, *, device=None) -> Evaluation:
     """The zoo policy's evaluation against its base model: read from beside its weights, or computed now (and
     the policy trained first, if it is not in the cache) and stored with its model card."""
@@ -137,8 +130,9 @@ def write_card(rec: Recipe, policy: Policy, ev: Evaluation) -> str:
     """Store ``ev`` and the model card built from it beside the recipe's weights; returns the card."""
     card = card_text(rec, policy, ev)
     out = _dir(rec)
-    _write(out / EVALUATION, json.dumps(ev.to_dict(), indent=2, sort_keys=True))
-    _write(out / CARD, card)
+    for name, text in ((EVALUATION, json.dumps(ev.to_dict(), indent=2, sort_keys=True)), (CARD, card)):
+        with atomic_file(out / name) as tmp:
+            tmp.write_text(text)
     return card
 
 

@@ -107,3 +107,15 @@ def test_a_checkpoint_whose_write_fails_leaves_nothing_behind(tmp_path, monkeypa
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save(trainer, accelerator, None, None, None, 3, [])
     assert list((tmp_path / "out").iterdir()) == []  # no checkpoint-3, no .checkpoint-3-* temp dir
+
+
+def test_atomic_file_replaces_the_target_only_when_the_block_succeeds(tmp_path):
+    target = tmp_path / "sub" / "card.md"
+    with cache.atomic_file(target) as tmp:
+        tmp.write_text("first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError, match="half"):
+        with cache.atomic_file(target) as tmp:
+            tmp.write_text("half written")
+            raise RuntimeError("half way")
+    assert target.read_text() == "first" and sorted(p.name for p in target.parent.iterdir()) == ["card.md"]
