@@ -108,11 +108,16 @@ def recipe(name: str) -> Recipe:
         raise ValueError(f"unknown zoo policy {name!r}; choose one of {sorted(RECIPES)}") from None
 
 
-def preference_data(rec: Recipe, policy: Policy) -> PreferenceDataset:
-    """Sample responses from the base policy on training prompts; label every pair per prompt by BT on the gold reward."""
+def preference_data(rec: Recipe, policy: Policy, *, sampler=generate) -> PreferenceDataset:
+    """Sample responses from the base policy on training prompts; label every pair per prompt by BT on the gold reward.
+
+    ``sampler`` draws the answers (``models.generate``, or ``samples.sample``, its cached form: recipes that differ
+    only in their gold reward or DPO settings then share one draw, since the answers depend only on the base model,
+    the prompts, ``max_new_tokens`` and ``sample_seed``).
+    """
     prompts = prompt_set("train")[: rec.num_prompts]
     k = rec.samples_per_prompt
-    samples = generate(policy, [x for x in prompts for _ in range(k)], max_new_tokens=rec.max_new_tokens,
-                       seed=rec.sample_seed, batch_size=40)
+    samples = sampler(policy, [x for x in prompts for _ in range(k)], max_new_tokens=rec.max_new_tokens,
+                      seed=rec.sample_seed, batch_size=40)
     texts = [samples.texts[i * k : (i + 1) * k] for i in range(len(prompts))]
     return all_pairs_dataset(prompts, texts, gold_reward(rec.gold), scale=rec.label_scale, seed=rec.label_seed)

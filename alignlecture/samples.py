@@ -86,9 +86,11 @@ def preference_data(recipe, policy):
     ``policy`` (the recipe's base model) and labelled by its gold reward, as a ``PreferenceDataset``.
 
     ``recipe`` is a ``zoo.Recipe`` or its name. The key holds the recipe (name and the hash of every field),
-    the policy's identity (``policy_key``), ``SAMPLER_VERSION`` and the package version.
+    the policy's identity (``policy_key``), ``SAMPLER_VERSION`` and the package version. The answers come from
+    ``sample``'s cache: recipes that share a base model, prompts, length and sampling seed (every seed-0 recipe of
+    one base, whatever its gold reward or DPO settings) sample them once.
     """
     rec = recipes.recipe(recipe) if isinstance(recipe, str) else recipe
     key = {"what": "zoo.preference_data", "recipe": rec.name, "recipe_key": rec.key(), "policy": policy_key(policy),
            "sampler": SAMPLER_VERSION, "package": __version__}
-    return memo("preference-data", key, lambda: recipes.preference_data(rec, policy))
+    return memo("preference-data", key, lambda: recipes.preference_data(rec, policy, sampler=sample))

@@ -348,12 +348,15 @@ class DPOTrainer:
 
     @torch.no_grad()
     def _precompute(self, device, first_step: list[list[int]] = ()) -> None:
-        """Reference log-probs for every row (once) and, for top-layer training, the cached activations: of each
-        packed pair when prompts are shared, else of each row.
+        """Reference log-probs for every row and, for top-layer training, the cached activations (the input of the
+        first trained block) — each distinct ROW run once, on its own: a response often sits in several pairs.
 
-        With shared prompts the first optimizer step's micro-batches (``first_step``, pair indices) are packed
-        exactly as training packs them: a packed row's floats depend a little on its batch's width, and at the
-        first step, where the policy IS the reference, the implicit rewards must come out exactly 0."""
+        With shared prompts a packed pair's cache is assembled from its two rows (the chosen row's states, then the
+        rejected row's after the shared prefix): each token's state depends only on the tokens it sees and their
+        positions, which packing keeps, so this is exact up to float reassociation. Only the first optimizer
+        step's micro-batches (``first_step``, pair indices) are run packed, exactly as training packs them: a
+        packed row's floats depend a little on its batch's width, and at the first step, where the policy IS the
+        reference, the implicit rewards must come out exactly 0."""
         k = self.config.trainable_layers
         model = self.policy.model
         ref_model = self.ref_policy.model if self.ref_policy is not None else None
@@ -361,61 +364,55 @@ class DPOTrainer:
         self.ref_logps = torch.zeros(2 * n, dtype=torch.float32)  # summed over completion tokens
         self.lengths = torch.tensor([sum(m) for m in self.masks], dtype=torch.float32)
         first = len(model.model.layers) - k if k else None
-        # a response (or a whole pair) often appears several times: run each distinct one once
-        if self.share:
-            units = [(tuple(self.rows[i]), tuple(self.masks[i]), tuple(self.rows[i + n]), tuple(self.masks[i + n]))
-                     for i in range(n)]
-        else:
-            units = [(tuple(r), tuple(m)) for r, m in zip(self.rows, self.masks)]
+        units = [(tuple(r), tuple(m)) for r, m in zip(self.rows, self.masks)]
         unique: dict[tuple, int] = {}
         same_as = [unique.setdefault(u, i) for i, u in enumerate(units)]
         distinct = sorted(set(same_as))
-        self.cache: list[torch.Tensor] = [None] * len(units) if k else []
-        step = self.config.per_device_train_batch_size * (1 if self.share else 2)
-        batches = [distinct[start : start + step] for start in range(0, len(distinct), step)]
-        if self.share and first_step:
-            firsts = [list(dict.fromkeys(same_as[i] for i in micro)) for micro in first_step]
-            done = {i for micro in firsts for i in micro}
-            rest = [i for i in distinct if i not in done]
-            batches = firsts + [rest[start : start + step] for start in range(0, len(rest), step)]
-        for idx in batches:
-            if self.share:
-                packed = self._packed(idx, device)
-                if k:  # the frozen blocks' output for the cache and (without a ref model) the ref log-probs
-                    mask = prefix_sharing.mask_for(model.config, packed.attention_mask(), model.dtype)
-                    out = model.model(input_ids=packed.input_ids, attention_mask=mask,
-                                      position_ids=packed.position_ids, output_hidden_states=True)
-                if ref_model is not None or not k:
-                    lp = pair_logprobs(ref_model or model, packed)
-                else:
-                    lp = prefix_sharing.logprobs_from_hidden(out.last_hidden_state, model.lm_head, packed)
-                self.ref_logps[idx] = lp[: len(idx)].float().cpu()
-                self.ref_logps[[i + n for i in idx]] = lp[len(idx) :].float().cpu()
-                lengths = (packed.segments != prefix_sharing.SEGMENT_PADDING).sum(1).tolist()
+        states: list[torch.Tensor] = [None] * len(units) if k else []
+        step = 2 * self.config.per_device_train_batch_size
+        for idx in (distinct[start : start + step] for start in range(0, len(distinct), step)):
+            b = self._batch(idx, device)
+            check_masks(b["input_ids"], b["attention_mask"], b["completion_mask"])
+            pos = position_ids_from_mask(b["attention_mask"])
+            if k:
+                out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
+                            output_hidden_states=True)
+            if ref_model is not None or not k:
+                lp = completion_logprobs(ref_model or model, b["input_ids"], b["attention_mask"], b["completion_mask"])
             else:
-                b = self._batch(idx, device)
-                check_masks(b["input_ids"], b["attention_mask"], b["completion_mask"])
-                pos = position_ids_from_mask(b["attention_mask"])
-                if k:
-                    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
-                                output_hidden_states=True)
-                if ref_model is not None or not k:
-                    lp = completion_logprobs(ref_model or model, b["input_ids"], b["attention_mask"], b["completion_mask"])
-                else:
-                    lp = logprobs_from_logits(out.logits, b["input_ids"], b["completion_mask"])
-                self.ref_logps[idx] = lp.per_sequence.float().cpu()
-                lengths = [len(self.rows[i]) for i in idx]
+                lp = logprobs_from_logits(out.logits, b["input_ids"], b["completion_mask"])
+            self.ref_logps[idx] = lp.per_sequence.float().cpu()
             if k:
                 hidden = out.hidden_states[first]  # input of block `first`
                 for j, i in enumerate(idx):
-                    self.cache[i] = hidden[j, : lengths[j]].detach().cpu()
+                    states[i] = hidden[j, : len(self.rows[i])].detach().cpu()
         for i, source in enumerate(same_as):
-            if self.share:
-                self.ref_logps[i], self.ref_logps[i + n] = self.ref_logps[source], self.ref_logps[source + n]
-            else:
-                self.ref_logps[i] = self.ref_logps[source]
+            self.ref_logps[i] = self.ref_logps[source]
             if k:
-                self.cache[i] = self.cache[source]
+                states[i] = states[source]
+        if not self.share:
+            self.cache = states
+            return
+        self.cache = []
+        if k:  # packed row x y_w y_l: the chosen row as it is, then the rejected row after the shared prefix
+            self.cache = [torch.cat([states[i], states[i + n][prefix_sharing.shared_prefix(
+                self.rows[i], self.masks[i], self.rows[i + n], self.masks[i + n]):]]) for i in range(n)]
+        for micro in first_step:  # as training packs them: step-1 rewards exactly 0
+            packed = self._packed(micro, device)
+            if k:  # the frozen blocks' output for the cache and (without a ref model) the ref log-probs
+                mask = prefix_sharing.mask_for(model.config, packed.attention_mask(), model.dtype)
+                out = model.model(input_ids=packed.input_ids, attention_mask=mask,
+                                  position_ids=packed.position_ids, output_hidden_states=True)
+            if ref_model is not None or not k:
+                lp = pair_logprobs(ref_model or model, packed)
+            else:
+                lp = prefix_sharing.logprobs_from_hidden(out.last_hidden_state, model.lm_head, packed)
+            self.ref_logps[micro] = lp[: len(micro)].float().cpu()
+            self.ref_logps[[i + n for i in micro]] = lp[len(micro) :].float().cpu()
+            if k:
+                lengths = (packed.segments != prefix_sharing.SEGMENT_PADDING).sum(1).tolist()
+                for j, i in enumerate(micro):
+                    self.cache[i] = out.hidden_states[first][j, : lengths[j]].detach().cpu()
 
     def _trainable(self):
         """The module that trains, after freezing what must not."""

@@ -98,8 +98,12 @@ CARD, EVALUATION = "README.md", "evaluation.json"
 def _evaluate(rec: Recipe, tuned: Policy) -> Evaluation:
     """The card's evaluation of ``tuned`` against the recipe's base model (``evaluation.evaluate``)."""
     base = load_policy(rec.base, device=tuned.device)
-    return evaluate(tuned, base, evaluation_prompts(rec), gold=rec.gold, samples_per_prompt=EVAL_SAMPLES_PER_PROMPT,
-                    max_new_tokens=rec.max_new_tokens, seed=EVAL_SEED)
+    prompts = evaluation_prompts(rec)
+    # one batch on a CPU (144 rows: 19 s instead of 23 s in batches of 48 for SmolLM2-135M on the course's
+    # 2 cores); 48 rows on an accelerator, which bounds the key-value cache of a larger model on a 16 GB card
+    rows = len(prompts) * EVAL_SAMPLES_PER_PROMPT if torch.device(tuned.device).type == "cpu" else 48
+    return evaluate(tuned, base, prompts, gold=rec.gold, samples_per_prompt=EVAL_SAMPLES_PER_PROMPT,
+                    max_new_tokens=rec.max_new_tokens, seed=EVAL_SEED, batch_size=rows)
 
 
 def evaluation(name: str, *, device=None) -> Evaluation:

@@ -158,3 +158,25 @@ def test_trainer_with_shared_prompts_matches_the_unshared_path(kw):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+def test_a_packed_pairs_cache_assembled_from_its_two_rows_equals_running_it_packed():
+    """The precompute runs each distinct row once and assembles a packed pair's cached activations from its two
+    rows; the first step's pairs it runs packed. Every pair's cache equals a packed forward's, to float error."""
+    policy = tiny_policy(seed=0, device="cpu")
+    cfg = DPOConfig(per_device_train_batch_size=4, max_steps=1, progress=False, chat=False, seed=0,
+                    trainable_layers=1, prefix_sharing=True)
+    trainer = DPOTrainer(policy, DATA, cfg)
+    trainer.share = True
+    first = [0, 1, 2, 3]
+    trainer._precompute(torch.device("cpu"), [first])
+    model, n = policy.model, trainer.num_pairs
+    top = len(model.model.layers) - 1
+    for i in range(n):
+        packed = trainer._packed([i], torch.device("cpu"))
+        mask = ps.mask_for(model.config, packed.attention_mask(), model.dtype)
+        with torch.no_grad():
+            out = model.model(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
+                              output_hidden_states=True)
+        torch.testing.assert_close(trainer.cache[i], out.hidden_states[top][0], rtol=1e-5, atol=1e-5)
+    assert n > len(first), "the test needs pairs beyond the first step's"

@@ -74,7 +74,7 @@ def test_preference_data_is_the_zoo_recipes_pairs_computed_once_per_recipe_and_p
 
     calls = []
 
-    def fake(rec, policy):  # recipes.preference_data without the model: records what it was asked for
+    def fake(rec, policy, sampler):  # recipes.preference_data without the model: records what it was asked for
         calls.append((rec.name, policy.name))
         return all_pairs_dataset(["p"], [["a", "bb"]], lambda t: [float(len(x)) for x in t], seed=0)
 
@@ -87,6 +87,30 @@ def test_preference_data_is_the_zoo_recipes_pairs_computed_once_per_recipe_and_p
     samples.preference_data("smollm2-negativity", pi)  # another recipe: another key
     assert calls == [("smollm2-positivity", pi.name), ("smollm2-positivity", "other"), ("smollm2-negativity", pi.name)]
     assert len(list((cache / "preference-data").glob("*.pt"))) == 3
+
+
+def test_recipes_that_differ_only_in_gold_or_dpo_settings_share_one_draw_of_answers(cache, monkeypatch):
+    """Two seed-0 recipes of one base sample the same answers once; the labels follow each recipe's gold reward;
+    the answers are exactly what the uncached recipes.preference_data draws."""
+    from alignlecture import recipes
+    import alignlecture.models as models
+
+    def small(name, **kw):  # a recipe over 2 prompts × 2 answers of 4 tokens, on the tiny test model
+        return recipes.Recipe(name, "test", base="tiny", num_prompts=2, samples_per_prompt=2, max_new_tokens=4, **kw)
+
+    pi = tiny_policy(seed=0)
+    plain = recipes.preference_data(small("a", gold="positivity"), pi)
+    draws = []
+    real = models.generate
+    monkeypatch.setattr(models, "generate", lambda *a, **k: draws.append(1) or real(*a, **k))
+    pos = samples.preference_data(small("a", gold="positivity"), pi)
+    neg = samples.preference_data(small("b", gold="negativity", dpo={"beta": 0.2}), pi)
+    assert len(draws) == 1, "two recipes with one base, prompts and sampling seed drew their answers twice"
+    assert pos.to_dict() == plain.to_dict()
+    answers = lambda d: sorted({*d.column("chosen"), *d.column("rejected")})  # noqa: E731
+    assert answers(pos) == answers(neg)
+    samples.preference_data(small("c", gold="positivity", sample_seed=1), pi)  # another seed: another draw
+    assert len(draws) == 2
 
 
 def test_token_strip_needs_one_value_per_token():

@@ -20,7 +20,7 @@ def test_unknown_recipe_names_the_known_ones():
 
 
 def test_save_and_load_tuned_round_trips_only_the_changed_tensors(smollm, tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNLECTURE_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo, "cache_dir", lambda: tmp_path)  # the zoo in tmp; the converted model from the cache
     from alignlecture.models import load_policy
 
     rec = zoo.recipe("smollm2-positivity")
