@@ -79,10 +79,15 @@ def _tie(delta: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def classify(delta_chosen: torch.Tensor, delta_rejected: torch.Tensor) -> torch.Tensor:
-    """The lecture's table: 1 if Δw ≥ 0 ≥ Δl, else 2 if Δw < 0 (both fall), else 3 (both rise), LongTensor."""
+    """The lecture's table: 1 if Δw ≥ 0 ≥ Δl, 2 if both fall, 3 if both rise — and 4 if Δw < 0 < Δl, LongTensor.
+
+    Case 4 (the chosen falls, the rejected rises: the margin itself shrinks) is not in the lecture's table: one
+    pair's own DPO step always widens its margin, so a single-pair classification never returns 4; a step taken
+    for a whole batch can, on some of its pairs."""
     same_shape(delta_chosen, delta_rejected, ("delta_chosen", "delta_rejected"))
     ideal = (delta_chosen >= 0) & (delta_rejected <= 0)
-    return torch.where(ideal, 1, torch.where(delta_chosen < 0, 2, 3)).long()
+    worst = (delta_chosen < 0) & (delta_rejected > 0)
+    return torch.where(ideal, 1, torch.where(worst, 4, torch.where(delta_chosen < 0, 2, 3))).long()
 
 
 def pairwise_normalized(g_w: torch.Tensor, g_l: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,12 @@ def test_cases_follow_the_lecture_table():
     assert s.delta_rejected[2] > 0 and s.delta_chosen[2] > s.delta_rejected[2]
 
 
+def test_chosen_down_and_rejected_up_is_case_four_and_a_single_pair_step_never_gives_it():
+    assert ge.classify(torch.tensor([-1.0, -1.0, 1.0]), torch.tensor([1.0, -2.0, 2.0])).tolist() == [4, 2, 3]
+    g = torch.randn(200, 2, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert 4 not in ge.first_order(g[:, 0], g[:, 1]).case.tolist()  # DPO's own step widens its pair's margin
+
+
 def test_ties_at_zero_count_as_case_one():
     assert ge.classify(torch.tensor([0.0, 1.0]), torch.tensor([-1.0, 0.0])).tolist() == [1, 1]
 
