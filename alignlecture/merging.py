@@ -121,7 +121,19 @@ def merge_parameters(policies: Sequence[Policy], weights: Sequence[float], *, na
                 value = x0  # the merge gives this tensor back exactly: share it, drop the copy
             targets[k].data = value
     label = name or " + ".join(f"{w:g}·{p.name}" for w, p in zip(weights, policies))
-    return Policy(model=merged.eval(), tokenizer=policies[0].tokenizer, name=label, source="merged")
+    return Policy(model=merged.eval(), tokenizer=policies[0].tokenizer, name=label, source="merged",
+                  weights=_fingerprint(weights, policies))
+
+
+def _fingerprint(weights, policies) -> str:
+    """A merge's ``Policy.weights``: its parts' names, fingerprints and weights, hashed ("" if no part has one)."""
+    import hashlib
+    import json
+
+    if not any(p.weights for p in policies):
+        return ""
+    parts = [[float(w), p.name, p.weights] for w, p in zip(weights, policies)]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def flip_qk(policy: Policy, layers: Sequence[int] | None = None) -> Policy:
@@ -157,4 +169,4 @@ def flip_qk(policy: Policy, layers: Sequence[int] | None = None) -> Policy:
             for proj in (attn.q_proj, attn.k_proj):
                 proj.weight.neg_()
     return Policy(model=flipped.eval(), tokenizer=policy.tokenizer, name=f"{policy.name} (Q,K flipped)",
-                  source=policy.source)
+                  source=policy.source, weights=policy.weights)

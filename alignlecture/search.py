@@ -1,4 +1,4 @@
-"""Reward-guided search at decode time: look ahead, score with the reward, choose (DeAL, Huang et al. 2024).
+"""Reward-guided search at decode time: look ahead, score with the reward, choose (after DeAL, Huang et al. 2024).
 
 At a prefix s the decoder takes the k most likely next tokens a under π, extends each s·a by a greedy rollout
 of ``depth`` more tokens, and scores the lookahead with the reward of its text plus λ times its log-prob,
@@ -7,6 +7,9 @@ of ``depth`` more tokens, and scores the lookahead with the reward of its text p
 
 then keeps the best candidate (temperature 0) or samples one from softmax(score/τ) over the k candidates.
 A lookahead that has not ended is scored as the text so far (a text reward reads any string).
+DeAL writes its score as log π(text so far) + w·r(lookahead), the weight on the reward; dividing by w ranks the
+candidates as λ = 1/w does here, except that this score also counts the rollout's log-prob (which makes λ = β the
+bound below). λ = 0 here (reward alone) is w → ∞ there; sampling at τ > 0 is this module's addition.
 
 The ideal guide replaces the rollout by the exact soft value of chapter 5: score(s, a) = Q*(s, a) =
 β log π_ref(a∣s) + V*(s·a), over every token, with τ = β — and the same selection rule is then exactly π*.
@@ -96,7 +99,7 @@ def lookahead(pi: TabularPolicy, reward_of: dict, prefix: tuple, token: int, dep
 def toy_guided_search(
     pi: TabularPolicy, rewards: torch.Tensor, *, k: int, depth: int, lam: float = 0.0, temperature: float = 0.0
 ) -> ToySearch:
-    """Guided search at every prefix of pi's world: score(s, a) = r(s·a·rollout) + λ log π(a·rollout | s) (DeAL)."""
+    """Guided search at every prefix of pi's world: score(s, a) = r(s·a·rollout) + λ log π(a·rollout | s)."""
     k, depth, lam, temperature = _check_search(k, depth, lam, temperature)
     world = pi.world
     rewards = world.check_values(rewards, "rewards")
@@ -198,7 +201,7 @@ def guided_search(
     depth: int = 2, lam: float = 0.0, temperature: float = 0.0, max_new_tokens: int = 32, seed: int | None = None,
     chat: bool = True,
 ) -> GuidedGenerations:
-    """Reward-guided lookahead (DeAL) on an LM: tokens by score(s, a) = r(s·a·rollout) + λ log π(a·rollout ∣ s).
+    """Reward-guided lookahead (after DeAL) on an LM: tokens by score(s, a) = r(s·a·rollout) + λ log π(a·rollout ∣ s).
 
     Batched over prompts, on the cached decoder that chapter 3's mixing uses (``decoding.CachedDecoder``).
 

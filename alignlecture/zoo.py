@@ -75,20 +75,27 @@ def save_tuned(rec: Recipe, policy: Policy) -> Path:
 
 
 def load_tuned(name: str, *, device=None, progress: bool = False) -> Policy:
-    """The zoo policy ``name``: read from the cache, or trained now (minutes on a CPU) and cached."""
-    from safetensors.torch import load_file
+    """The zoo policy ``name``: read from the cache, or trained now (minutes on a CPU) and cached.
+
+    ``Policy.weights`` is set to the sha256 of the stored tensors (16 hex digits), so that sample caches keyed by
+    ``samples.policy_key`` follow the weights and not only the recipe."""
+    import hashlib
+
+    from safetensors.torch import load as load_bytes
 
     rec = recipe(name)
     path = _dir(rec) / "tuned.safetensors"
     if not path.is_file():
         train(name, device=device, progress=progress)
     policy = load_policy(rec.base, device=device)
-    changed = load_file(str(path))
+    stored = path.read_bytes()  # a few tens of MB: hashed in well under a second
+    changed = load_bytes(stored)
     missing = set(changed) - set(policy.model.state_dict())
     if missing:
         raise ValueError(f"{path} holds tensors the base model lacks ({sorted(missing)[:3]} …); delete it to retrain")
     policy.model.load_state_dict(changed, strict=False)
     policy.name = name
+    policy.weights = hashlib.sha256(stored).hexdigest()[:16]
     return policy
 
 

@@ -40,7 +40,7 @@ def test_sample_keys_separate_seeds_systems_and_weights(cache):
 
 def test_policy_key_names_the_zoo_recipes_of_a_merge():
     class Named:
-        name, source, system_prompt = "0.5·smollm2-positivity + 0.5·smollm2-neutrality", "merged", None
+        name, source, system_prompt, weights = "0.5·smollm2-positivity + 0.5·smollm2-neutrality", "merged", None, ""
 
     key = samples.policy_key(Named())
     assert {"smollm2-positivity", "smollm2-neutrality"} <= set(key["recipes"])
@@ -128,7 +128,7 @@ def test_token_strip_needs_one_value_per_token():
 
 def test_policy_key_is_the_same_for_a_first_load_and_a_cached_load_of_the_wheel_model():
     class Loaded:
-        name, system_prompt = "smollm2-135m-instruct", None
+        name, system_prompt, weights = "smollm2-135m-instruct", None, ""
 
         def __init__(self, source):
             self.source = source

@@ -38,6 +38,34 @@ def test_save_and_load_tuned_round_trips_only_the_changed_tensors(smollm, tmp_pa
     assert loaded.name == "smollm2-positivity"
 
 
+def test_sample_keys_follow_the_zoo_weights_not_only_the_recipe(smollm, tmp_path, monkeypatch):
+    """Re-training under the same recipe (a trainer change) must not reuse the old weights' cached samples."""
+    import hashlib
+
+    from alignlecture.merging import merge_parameters
+    from alignlecture.models import load_policy
+    from alignlecture.samples import policy_key
+
+    monkeypatch.setattr(zoo, "cache_dir", lambda: tmp_path)
+    rec = zoo.recipe("smollm2-positivity")
+    tuned = load_policy(rec.base, device="cpu")
+    keys, fingerprints = [], []
+    for step in (0.01, 0.02, 0.01):  # the third save stores the first one's weights again
+        with torch.no_grad():
+            tuned.model.model.layers[-1].mlp.down_proj.weight.copy_(smollm.model.model.layers[-1].mlp.down_proj.weight)
+            tuned.model.model.layers[-1].mlp.down_proj.weight.add_(step)
+        path = zoo.save_tuned(rec, tuned)
+        loaded = zoo.load_tuned("smollm2-positivity", device="cpu")
+        stored = (path / "tuned.safetensors").read_bytes()
+        assert loaded.weights == hashlib.sha256(stored).hexdigest()[:16]
+        keys.append(policy_key(loaded))
+        fingerprints.append(policy_key(merge_parameters([loaded, smollm], [0.5, 0.5])))
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+    assert fingerprints[0] != fingerprints[1] and fingerprints[0] == fingerprints[2]
+    assert "weights" not in policy_key(smollm)  # a base model's keys are what they were
+    assert policy_key(loaded.with_system_prompt("Be brief."))["weights"] == loaded.weights
+
+
 def test_save_tuned_that_fails_midway_leaves_no_directory(smollm, tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNLECTURE_CACHE", str(tmp_path))
     import safetensors.torch
