@@ -15,7 +15,7 @@ per-prompt means (``stats.bootstrap_mean``, seeded: the same interval on every r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -62,6 +62,7 @@ class Evaluation:
         samples_per_prompt: samples of each policy per prompt.
         seed: the sampling seed (both policies sample with it).
         max_new_tokens: the sampling length cap.
+        batch_size: rows per sampling batch (padding and the random stream follow it: needed to redraw the samples).
         gold: the gold reward's name (``rewards.gold_reward``).
         gold_base: mean gold reward of the base policy's samples.
         gold_tuned: mean gold reward of the tuned policy's samples.
@@ -77,6 +78,7 @@ class Evaluation:
     samples_per_prompt: int
     seed: int
     max_new_tokens: int
+    batch_size: int
     gold: str
     gold_base: Interval
     gold_tuned: Interval
@@ -92,8 +94,11 @@ class Evaluation:
 
     @classmethod
     def from_dict(cls, d: dict) -> Evaluation:
-        fields = {k: Interval(**v) if isinstance(v, dict) else v for k, v in d.items() if k != "examples"}
-        return cls(**fields, examples=tuple(d.get("examples", ())))
+        missing = sorted(f.name for f in fields(cls) if f.name not in d and f.name != "examples")
+        if missing:
+            raise ValueError(f"an evaluation without {missing}: written by an older alignlecture; evaluate again")
+        values = {k: Interval(**v) if isinstance(v, dict) else v for k, v in d.items() if k != "examples"}
+        return cls(**values, examples=tuple(d.get("examples", ())))
 
 
 EXAMPLES = 3  # answers kept beside the numbers, from prompts spread over the list
@@ -117,11 +122,12 @@ def evaluate(tuned, base, prompts: list[str], *, gold: str, samples_per_prompt: 
              seed: int = 1, batch_size: int = 48) -> Evaluation:
     """Gold reward, KL(π_tuned ‖ π_base) and fluency of ``tuned`` against ``base`` on ``prompts`` (see the module).
 
-    Both policies sample ``samples_per_prompt`` answers per prompt with the same ``seed``. The base's samples are
-    cached (``samples.sample``); the tuned policy's are drawn afresh, because a sample cache is keyed by a policy's
-    name and recipe, not by its weights — cache the returned Evaluation beside the weights instead (``zoo``).
+    Both policies sample ``samples_per_prompt`` answers per prompt with the same ``seed``, in batches of
+    ``batch_size`` rows. The base's samples are cached (``samples.sample``); the tuned policy's are drawn afresh,
+    since ``tuned`` may be any policy — the zoo caches the returned Evaluation beside the weights instead.
     """
     m = positive_int(samples_per_prompt, "samples_per_prompt", minimum=2)
+    batch_size = positive_int(batch_size, "batch_size")
     if len(prompts) < 2:
         raise ValueError(f"need at least 2 prompts for an interval over prompts; got {len(prompts)}")
     repeated = [x for x in prompts for _ in range(m)]
@@ -140,7 +146,7 @@ def evaluate(tuned, base, prompts: list[str], *, gold: str, samples_per_prompt: 
     nll_before, nll_after = _per_prompt(own, n), _per_prompt(-logp_base / lengths, n)
     log_ratio = logp_tuned - logp_base
     return Evaluation(
-        prompts=n, samples_per_prompt=m, seed=seed, max_new_tokens=max_new_tokens, gold=gold,
+        prompts=n, samples_per_prompt=m, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, gold=gold,
         gold_base=_interval(r_before), gold_tuned=_interval(r_after), gold_gain=_interval(r_after - r_before),
         kl=_interval(_per_prompt(log_ratio, n)),
         nll_base=_interval(nll_before), nll_tuned=_interval(nll_after), nll_gain=_interval(nll_after - nll_before),

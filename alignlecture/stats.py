@@ -111,6 +111,24 @@ def verdict(low: float, high: float, *, up: str = "rises", down: str = "falls", 
     return flat
 
 
+def count_below(values, threshold: float = 0.0, *, tol: float) -> str:
+    """How many ``values`` lie below ``threshold``, as text that every machine re-creates.
+
+    A count of signs is exact only where no value sits within round-off of the threshold: a summed float32
+    log-prob difference of 2e-6 is negative on one CPU and positive on another. Values more than ``tol`` below
+    count; values within ``tol`` of the threshold could fall either way, so then the text is the range of
+    counts they allow, "37–38", instead of a digit that another machine would not print.
+    """
+    x = torch.as_tensor(values, dtype=torch.float64, device="cpu").reshape(-1)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"values must be finite; got {x[~torch.isfinite(x)][:3].tolist()} among them")
+    threshold = finite_number(threshold, "threshold")
+    tol = positive_finite(tol, "tol", "the round-off between machines, e.g. 1e-3 for summed float32 log-probs")
+    sure = int((x < threshold - tol).sum())
+    unsure = int(((x - threshold).abs() <= tol).sum())
+    return f"{sure}" if unsure == 0 else f"{sure}–{sure + unsure}"
+
+
 def signed(value: float, digits: int = 4) -> str:
     """``value`` with an explicit sign at ``digits`` decimals, never ``-0.0000``.
 

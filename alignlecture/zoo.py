@@ -118,9 +118,14 @@ def evaluation(name: str, *, device=None) -> Evaluation:
     the policy trained first, if it is not in the cache) and stored with its model card."""
     rec = recipe(name)
     path = _dir(rec) / EVALUATION
-    if not path.is_file():  # the first time it is asked for (a new training run replaces the whole directory)
-        policy = load_tuned(name, device=device)  # trained first if it is not in the cache
-        write_card(rec, policy, _evaluate(rec, policy))
+    if path.is_file():
+        try:
+            return Evaluation.from_dict(json.loads(path.read_text()))
+        except ValueError:  # written by an older alignlecture (a field missing): evaluated again below
+            pass
+    # the first time it is asked for (a new training run replaces the whole directory)
+    policy = load_tuned(name, device=device)  # trained first if it is not in the cache
+    write_card(rec, policy, _evaluate(rec, policy))
     return Evaluation.from_dict(json.loads(path.read_text()))
 
 
@@ -196,7 +201,7 @@ top of `{hub}`.
 ## Evaluation
 
 {ev.prompts} prompts it never trained on × {ev.samples_per_prompt} samples from each policy (seed {ev.seed}, at most
-{ev.max_new_tokens} new tokens). Means over prompts with 95 % bootstrap intervals over the prompts.
+{ev.max_new_tokens} new tokens, in batches of {ev.batch_size} rows). Means over prompts with 95 % bootstrap intervals over the prompts.
 
 | | base model | this policy | change |
 |---|---|---|---|

@@ -744,3 +744,14 @@ def test_the_book_skips_every_scratch_directory_the_checks_write():
     assert scratch <= set(config["exclude_patterns"])
     ignored = (ROOT / ".gitignore").read_text().split()
     assert all(f"{d}/" in ignored for d in scratch)
+
+
+def test_the_book_skips_every_directory_git_ignores():
+    """A reader who runs plain ``pytest`` (it writes .pytest_cache/README.md) or ``pip install .`` (build/) must
+    still get a book that builds with zero warnings: no ignored directory's files become pages."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    excluded = set(config["exclude_patterns"])
+    ignored = [line.strip().strip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+               if line.strip().endswith("/") and not line.startswith("#")]
+    missing = [d for d in ignored if d not in excluded and f"**{d}" not in excluded and d != "__pycache__"]
+    assert missing == [], f"add {missing} to exclude_patterns in _config.yml"

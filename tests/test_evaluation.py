@@ -49,6 +49,10 @@ def test_kl_is_the_mean_log_ratio_on_the_tuned_samples_and_intervals_contain_the
     assert math.isclose(ev.gold_gain.mean, ev.gold_tuned.mean - ev.gold_base.mean, abs_tol=1e-12)
     assert math.isclose(ev.nll_gain.mean, ev.nll_tuned.mean - ev.nll_base.mean, abs_tol=1e-12)
     assert Evaluation.from_dict(ev.to_dict()) == ev
+    assert ev.batch_size == 48  # evaluate's default, recorded: the samples depend on it
+    older = {k: v for k, v in ev.to_dict().items() if k != "batch_size"}
+    with pytest.raises(ValueError, match=r"without \['batch_size'\].*older alignlecture"):
+        Evaluation.from_dict(older)
 
 
 def test_per_token_nll_divides_the_sequence_log_prob_by_the_completion_length():

@@ -135,3 +135,16 @@ def test_t_interval_of_three_values_uses_the_t_quantile_with_two_degrees_of_free
     assert abs((mean - low) - (high - mean)) < 1e-12
     with pytest.raises(ValueError, match="at least 2 values"):
         t_interval([1.0])
+
+
+def test_count_below_gives_a_range_where_round_off_could_flip_a_sign():
+    from alignlecture.stats import count_below
+
+    assert count_below([-1.0, -0.5, 0.2, 3.0], tol=1e-3) == "2"
+    assert count_below([-1.0, -2e-6, 4e-7, 3.0], tol=1e-3) == "1–3"  # two values within round-off of 0
+    assert count_below(torch.tensor([0.9, 1.5, 2.0]), 1.0, tol=1e-3) == "1"  # another threshold
+    assert count_below([1e-3 + 1e-9, -(1e-3 + 1e-9)], tol=1e-3) == "1"  # beyond tol on either side: sure
+    with pytest.raises(ValueError, match="tol"):
+        count_below([1.0, 2.0], tol=0)
+    with pytest.raises(ValueError, match="finite"):
+        count_below([1.0, float("nan")], tol=1e-3)

@@ -87,7 +87,7 @@ def test_a_model_card_has_hugging_face_front_matter_the_recipe_and_the_evaluatio
     monkeypatch.setenv("ALIGNLECTURE_CACHE", str(tmp_path))
     rec = zoo.recipe("smollm2-positivity")
     i = lambda m, lo, hi: Interval(m, lo, hi)  # noqa: E731
-    ev = Evaluation(prompts=36, samples_per_prompt=4, seed=1, max_new_tokens=32, gold="positivity",
+    ev = Evaluation(prompts=36, samples_per_prompt=4, seed=1, max_new_tokens=32, batch_size=144, gold="positivity",
                     gold_base=i(0.2, 0.1, 0.3), gold_tuned=i(0.4, 0.3, 0.5), gold_gain=i(0.2, 0.1, 0.3),
                     kl=i(4.0, 3.5, 4.5), nll_base=i(3.0, 2.9, 3.1), nll_tuned=i(3.4, 3.2, 3.6), nll_gain=i(0.4, 0.2, 0.6))
     zoo._dir(rec).mkdir(parents=True)
@@ -97,6 +97,7 @@ def test_a_model_card_has_hugging_face_front_matter_the_recipe_and_the_evaluatio
     assert "- dpo" in front and "- positivity" in front
     assert "β = 0.1" in card and "30 optimizer steps" in card and "120 pairs" in card
     assert "+0.200 [+0.100, +0.300]" in card and "4.00 [3.50, 4.50]" in card
+    assert "in batches of 144 rows" in card  # the samples depend on it: the card says it
     assert "The gold reward rises; the per-token NLL under the base model rises (text less plausible" in card
     assert zoo.model_card(rec.name) == card and zoo.evaluation(rec.name) == ev  # read back, nothing recomputed
 
@@ -114,3 +115,26 @@ def test_seed_recipes_differ_from_seed_zero_only_in_their_seeds():
     assert zoo.seeded("smollm2-positivity", 0) == "smollm2-positivity"
     with pytest.raises(ValueError, match="seed must be one of"):
         zoo.seeded("smollm2-positivity", 7)
+
+
+def test_an_evaluation_written_by_an_older_version_is_evaluated_again(tmp_path, monkeypatch):
+    """A stored evaluation.json that lacks a field (here batch_size) is replaced, not read half-complete."""
+    import json
+
+    from alignlecture.evaluation import Evaluation, Interval
+    from alignlecture.models import tiny_policy
+
+    monkeypatch.setattr(zoo, "cache_dir", lambda: tmp_path)
+    i = Interval(0.1, 0.0, 0.2)
+    fresh = Evaluation(prompts=36, samples_per_prompt=4, seed=1, max_new_tokens=32, batch_size=144, gold="positivity",
+                       gold_base=i, gold_tuned=i, gold_gain=i, kl=i, nll_base=i, nll_tuned=i, nll_gain=i)
+    rec = zoo.recipe("smollm2-positivity")
+    zoo._dir(rec).mkdir(parents=True)
+    older = {k: v for k, v in fresh.to_dict().items() if k != "batch_size"}
+    (zoo._dir(rec) / zoo.EVALUATION).write_text(json.dumps(older))
+    calls = []
+    monkeypatch.setattr(zoo, "load_tuned", lambda name, device=None: tiny_policy(seed=0, num_layers=4, device="cpu"))
+    monkeypatch.setattr(zoo, "_evaluate", lambda rec, policy: calls.append(rec.name) or fresh)
+    assert zoo.evaluation("smollm2-positivity") == fresh and calls == ["smollm2-positivity"]
+    assert zoo.evaluation("smollm2-positivity") == fresh and calls == ["smollm2-positivity"]  # stored now: read
+    assert "in batches of 144 rows" in (zoo._dir(rec) / zoo.CARD).read_text()
