@@ -7,7 +7,7 @@ of ``depth`` more tokens, and scores the lookahead with the reward of its text p
 
 then keeps the best candidate (temperature 0) or samples one from softmax(score/τ) over the k candidates.
 A lookahead that has not ended is scored as the text so far (a text reward reads any string).
-DeAL writes its score as log π(text so far) + w·r(lookahead), the weight on the reward; dividing by w ranks the
+DeAL writes its score as log π(s·a) + w·r(lookahead), the weight on the reward; dividing by w ranks the
 candidates as λ = 1/w does here, except that this score also counts the rollout's log-prob (which makes λ = β the
 bound below). λ = 0 here (reward alone) is w → ∞ there; sampling at τ > 0 is this module's addition.
 
