@@ -94,9 +94,11 @@ class Evaluation:
 
     @classmethod
     def from_dict(cls, d: dict) -> Evaluation:
-        missing = sorted(f.name for f in fields(cls) if f.name not in d and f.name != "examples")
-        if missing:
-            raise ValueError(f"an evaluation without {missing}: written by an older alignlecture; evaluate again")
+        known = {f.name for f in fields(cls)}
+        missing, unknown = sorted(known - set(d) - {"examples"}), sorted(set(d) - known)
+        if missing or unknown:
+            raise ValueError(f"an evaluation without {missing} / with unknown {unknown}: written by another "
+                             "version of alignlecture; evaluate again")
         values = {k: Interval(**v) if isinstance(v, dict) else v for k, v in d.items() if k != "examples"}
         return cls(**values, examples=tuple(d.get("examples", ())))
 

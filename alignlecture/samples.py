@@ -2,8 +2,9 @@
 
 A chapter that samples the same pool on every run — 36 answers of a tuned model, a mixed decode at one weight —
 reads it from ``cache_dir()/samples`` after the first run. The key holds everything the pool depends on: each
-model's identity (its name, its zoo recipe hash, its system prompt, how it was derived), the mixing weights,
-the prompts, the seed and every decoding setting (spelled out, so a changed default cannot reuse an old pool), and ``SAMPLER_VERSION`` (bumped when the decoders change).
+model's identity (its name, its zoo recipe hash and weights fingerprint, its system prompt, how it was derived),
+the mixing weights, the prompts, the seed and every decoding setting (spelled out, so a changed default cannot
+reuse an old pool), and ``SAMPLER_VERSION`` (bumped when the decoders change).
 
 Each function is the cached form of one sampler: ``sample`` of ``models.generate``, ``sample_mixed`` of
 ``mixing.generate_mixed``, ``pool`` of M samples per prompt (chapters 6 and 7 pick best-of-n from it), and

@@ -616,6 +616,8 @@ class DPOTrainer:
         accelerator.wait_for_everyone()
         saved = ckpt.save_final(self, accelerator, module, step, history) if cfg.output_dir else None
         self._finish()
+        if getattr(self.policy, "weights", ""):
+            self.policy.weights = ""  # trained in place: a zoo fingerprint it was loaded with no longer holds
         return TrainResult(policy=self.policy, history=history, config=cfg, output_dir=saved, skipped_pairs=skipped)
 
     # ------------------------------------------------------------------ state

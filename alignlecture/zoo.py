@@ -62,25 +62,40 @@ def train(name: str, *, device=None, progress: bool = False) -> tuple[TrainResul
 
 def save_tuned(rec: Recipe, policy: Policy) -> Path:
     """Store the tensors that differ from the base model, atomically, with the recipe beside them."""
-    from safetensors.torch import save_file
-
     base = load_policy(rec.base, device="cpu").model.state_dict()
     tuned = policy.model.state_dict()
-    changed = {k: v.detach().cpu().contiguous() for k, v in tuned.items() if not torch.equal(v.cpu(), base[k])}
+    changed = {k: v for k, v in tuned.items() if not torch.equal(v.cpu(), base[k])}
     out = _dir(rec)
     with atomic_directory(out) as tmp:
-        save_file(changed, str(tmp / "tuned.safetensors"), metadata={"recipe": rec.name})
+        (tmp / "tuned.safetensors").write_bytes(_stored_bytes(rec, changed))
         (tmp / "recipe.json").write_text(json.dumps(asdict(rec), indent=2, sort_keys=True))
     return out
+
+
+def _stored_bytes(rec: Recipe, changed: dict) -> bytes:
+    """The safetensors file ``save_tuned`` writes for the tensors ``changed`` (those that differ from the base)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in changed.items()}, metadata={"recipe": rec.name})
+
+
+def fingerprint(rec: Recipe, changed: dict) -> str:
+    """``Policy.weights`` of the zoo policy whose tensors differ from the base by ``changed``: the sha256 of the
+    file ``save_tuned`` stores for them (16 hex digits; what ``load_tuned`` sets)."""
+    return _sha(_stored_bytes(rec, changed))
+
+
+def _sha(stored: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(stored).hexdigest()[:16]
 
 
 def load_tuned(name: str, *, device=None, progress: bool = False) -> Policy:
     """The zoo policy ``name``: read from the cache, or trained now (minutes on a CPU) and cached.
 
-    ``Policy.weights`` is set to the sha256 of the stored tensors (16 hex digits), so that sample caches keyed by
+    ``Policy.weights`` is set to the sha256 of the stored tensors (``fingerprint``), so that sample caches keyed by
     ``samples.policy_key`` follow the weights and not only the recipe."""
-    import hashlib
-
     from safetensors.torch import load as load_bytes
 
     rec = recipe(name)
@@ -95,7 +110,7 @@ def load_tuned(name: str, *, device=None, progress: bool = False) -> Policy:
         raise ValueError(f"{path} holds tensors the base model lacks ({sorted(missing)[:3]} …); delete it to retrain")
     policy.model.load_state_dict(changed, strict=False)
     policy.name = name
-    policy.weights = hashlib.sha256(stored).hexdigest()[:16]
+    policy.weights = _sha(stored)
     return policy
 
 

@@ -51,8 +51,10 @@ def test_kl_is_the_mean_log_ratio_on_the_tuned_samples_and_intervals_contain_the
     assert Evaluation.from_dict(ev.to_dict()) == ev
     assert ev.batch_size == 48  # evaluate's default, recorded: the samples depend on it
     older = {k: v for k, v in ev.to_dict().items() if k != "batch_size"}
-    with pytest.raises(ValueError, match=r"without \['batch_size'\].*older alignlecture"):
+    with pytest.raises(ValueError, match=r"without \['batch_size'\].*another version"):
         Evaluation.from_dict(older)
+    with pytest.raises(ValueError, match=r"unknown \['temperature'\]"):
+        Evaluation.from_dict({**ev.to_dict(), "temperature": 1.0})
 
 
 def test_per_token_nll_divides_the_sequence_log_prob_by_the_completion_length():

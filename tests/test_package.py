@@ -127,6 +127,23 @@ def test_the_gpu_smoke_check_runs_its_checks_on_the_cpu(capsys):
     assert "DPO trainer (pairwise-normalized) on cpu" in out and "resumed from checkpoint-1" in out
 
 
+def test_the_gpu_checks_cpu_reference_runs_in_a_process_that_sees_no_gpu(monkeypatch):
+    """On a GPU machine the trainer's Accelerator would take the GPU for the 'CPU' runs too, so gpu_check trains
+    the CPU reference in a child process with CUDA hidden: that path, with torch told a GPU is here."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    in_process = {name: module._train("cpu", **kw)[0] for name, kw in module._trainer_variants().items()}
+    monkeypatch.setattr(module.torch.cuda, "is_available", lambda: True)
+    child = module._cpu_reference()
+    assert set(child) == set(in_process) >= {"full", "top block", "unpacked", "pairwise-normalized"}
+    assert all(max(abs(a - b) for a, b in zip(child[k], in_process[k])) < 1e-6 for k in child)
+
+
 def test_every_public_module_is_reachable_as_an_attribute():
     import pkgutil
 

@@ -156,6 +156,15 @@ def test_trainable_layers_trains_only_top_blocks_and_final_norm():
     assert expected and changed == expected  # every top tensor moved; embeddings, lm_head, lower blocks bitwise equal
 
 
+def test_training_in_place_drops_a_zoo_fingerprint():
+    """Policy.weights names the zoo file a policy was loaded from; once trained further it no longer does, and
+    sample caches (samples.policy_key) must not take the trained weights for the stored ones."""
+    policy = tiny_policy(seed=0, num_layers=2, device="cpu")
+    policy.weights = "0123456789abcdef"
+    train(policy, trainable_layers=1, max_steps=1)
+    assert policy.weights == ""
+
+
 def test_requires_grad_flags_are_restored_after_training():
     policy = tiny_policy(seed=0, num_layers=3, device="cpu")
     for name, p in policy.model.named_parameters():  # a user's own pattern, not all-True

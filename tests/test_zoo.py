@@ -58,6 +58,9 @@ def test_sample_keys_follow_the_zoo_weights_not_only_the_recipe(smollm, tmp_path
         loaded = zoo.load_tuned("smollm2-positivity", device="cpu")
         stored = (path / "tuned.safetensors").read_bytes()
         assert loaded.weights == hashlib.sha256(stored).hexdigest()[:16]
+        base = smollm.model.state_dict()
+        changed = {k: v for k, v in tuned.model.state_dict().items() if not torch.equal(v, base[k])}
+        assert zoo.fingerprint(rec, changed) == loaded.weights  # what chapter 2 stamps on the policy it trained
         keys.append(policy_key(loaded))
         fingerprints.append(policy_key(merge_parameters([loaded, smollm], [0.5, 0.5])))
     assert keys[0] != keys[1] and keys[0] == keys[2]
@@ -74,7 +77,7 @@ def test_save_tuned_that_fails_midway_leaves_no_directory(smollm, tmp_path, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(zoo, "load_policy", lambda *a, **k: smollm)  # the base: nothing changed, cheap
-    monkeypatch.setattr(safetensors.torch, "save_file", fail)
+    monkeypatch.setattr(safetensors.torch, "save", fail)
     with pytest.raises(OSError, match="disk full"):
         zoo.save_tuned(zoo.recipe("smollm2-positivity"), smollm)
     assert list((tmp_path / "zoo").iterdir()) == []  # neither the recipe's directory nor a temp dir

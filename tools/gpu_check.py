@@ -45,6 +45,9 @@ STANDIN = ROOT / ".gpu-check" / "standin"
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--trainer-reference"]:  # the child process of _cpu_reference, on a machine whose GPU it cannot see
+        Path(argv[1]).write_text(json.dumps({name: _train("cpu", **kw)[0] for name, kw in _trainer_variants().items()}))
+        return 0
     dev = al.device()
     print(f"torch {torch.__version__}, device() = {dev}, profile() = {al.profile()}")
     if dev.type != "cuda" and "--allow-cpu" not in argv:
@@ -164,35 +167,69 @@ TRAIN_DATA = {  # two prompts with two pairs each: the packed (shared-prompt) pa
 }
 
 
-def trainer_checks(dev: torch.device) -> list[bool]:
-    """The DPO trainer on ``dev`` against the same run on the CPU, per variant: full fine-tuning and the top blocks
-    (packed prompts, the hybrid precompute, AdamW — fused on CUDA), unpacked pairs, pairwise-normalized descent,
-    LoRA, and a resumed run against the uninterrupted one. Losses agree to 1e-3 (float32 kernels differ)."""
-    from alignlecture.train import DPOConfig, DPOTrainer
-
+def _trainer_variants() -> dict[str, dict]:
+    """The trainer configurations the check runs (LoRA only where peft is installed)."""
     variants = {"full": {}, "top block": dict(trainable_layers=1), "unpacked": dict(prefix_sharing=False),
                 "pairwise-normalized": dict(pairwise_normalized=True, trainable_layers=1)}
     try:
-        import peft
+        import peft  # noqa: F401
 
-        variants["LoRA"] = dict(peft_config=peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+        variants["LoRA"] = dict(lora=True)
     except ImportError:
         print("skip DPO trainer (LoRA): peft is not installed here")
+    return variants
 
-    def run(device, peft_config=None, resume=None, **config):
-        cfg = DPOConfig(max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3, progress=False, **config)
-        policy = tiny_policy(seed=2, num_layers=2, device=device)
-        start = time.perf_counter()
-        result = DPOTrainer(policy, TRAIN_DATA, cfg, peft_config=peft_config).train(resume_from_checkpoint=resume)
-        return [row["loss"] for row in result.history if "loss" in row], time.perf_counter() - start
 
+def _train(device, *, lora=False, resume=None, **config) -> tuple[list[float], float]:
+    """Three DPO steps of a seeded tiny Llama on ``device``: the losses and the seconds. Fails if the trained model
+    is not on ``device`` (the trainer's Accelerator picks the device; the check must know where it ran)."""
+    from alignlecture.train import DPOConfig, DPOTrainer
+
+    peft_config = None
+    if lora:
+        import peft
+
+        peft_config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])  # a fresh one per run
+    cfg = DPOConfig(max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3, progress=False, **config)
+    policy = tiny_policy(seed=2, num_layers=2, device=device)
+    start = time.perf_counter()
+    result = DPOTrainer(policy, TRAIN_DATA, cfg, peft_config=peft_config).train(resume_from_checkpoint=resume)
+    ran_on = next(result.policy.model.parameters()).device
+    if ran_on.type != torch.device(device).type:
+        raise RuntimeError(f"the trainer ran on {ran_on}, not on {device}")
+    return [row["loss"] for row in result.history if "loss" in row], time.perf_counter() - start
+
+
+def _cpu_reference() -> dict[str, list[float]]:
+    """Every variant's losses on the CPU. The trainer's Accelerator takes the GPU whenever one is visible, so on a
+    GPU machine they come from a child process that sees none (CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU=1)."""
+    if not torch.cuda.is_available():
+        return {name: _train("cpu", **kw)[0] for name, kw in _trainer_variants().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "losses.json"
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1")
+        subprocess.run([sys.executable, __file__, "--trainer-reference", str(out)], env=env, check=True)
+        return json.loads(out.read_text())
+
+
+def trainer_checks(dev: torch.device) -> list[bool]:
+    """The DPO trainer on ``dev`` against the same runs on the CPU, per variant: full fine-tuning and the top blocks
+    (packed prompts, the hybrid precompute, AdamW — fused on CUDA), unpacked pairs, pairwise-normalized descent,
+    LoRA; and a resumed run against the uninterrupted one. Losses agree to 1e-3 (float32 kernels differ)."""
     results = []
-    for name, kw in variants.items():
+    try:
+        reference = _cpu_reference()
+    except Exception as e:  # reported like a failed check: the device runs below still say what they can
+        print(f"FAIL DPO trainer CPU reference: {type(e).__name__}: {e}")
+        results.append(False)
+        reference = {}
+    for name, kw in _trainer_variants().items():
         try:
-            (loss_c, _), (loss_g, seconds) = run("cpu", **kw), run(dev, **kw)
-            err = max(abs(a - b) for a, b in zip(loss_c, loss_g))
-            ok, detail = len(loss_c) == len(loss_g) == 3 and err < 1e-3, (
-                f"losses {[round(x, 4) for x in loss_g]}, |gpu − cpu| = {err:.1e}, {seconds:.1f} s")
+            losses, seconds = _train(dev, **kw)
+            ref = reference.get(name)
+            err = max(abs(a - b) for a, b in zip(ref, losses)) if ref else float("nan")
+            ok = ref is not None and len(ref) == len(losses) == 3 and err < 1e-3
+            detail = f"losses {[round(x, 4) for x in losses]}, |{dev.type} − cpu| = {err:.1e}, {seconds:.1f} s"
         except Exception as e:  # a crash on the device is this check's finding, reported with the others
             ok, detail = False, f"{type(e).__name__}: {e}"
         results.append(check(f"DPO trainer ({name}) on {dev}", ok, detail))
@@ -200,8 +237,8 @@ def trainer_checks(dev: torch.device) -> list[bool]:
     with tempfile.TemporaryDirectory() as out:
         try:
             saving = dict(output_dir=out, save_steps=1, trainable_layers=1)
-            whole, _ = run(dev, **saving)
-            resumed, _ = run(dev, resume=str(Path(out) / "checkpoint-1"), **saving)
+            whole, _ = _train(dev, **saving)
+            resumed, _ = _train(dev, resume=str(Path(out) / "checkpoint-1"), **saving)
             err = max(abs(a - b) for a, b in zip(whole, resumed))
             ok, detail = len(whole) == len(resumed) == 3 and err < 1e-5, f"|resumed − uninterrupted| = {err:.1e}"
         except Exception as e:
