@@ -16,6 +16,7 @@ or it is refused with a message that says what to use instead; nothing is accept
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import warnings
@@ -229,7 +230,7 @@ def as_policy(model, tokenizer, what: str):
         return model
     if isinstance(model, str):
         policy = load_policy(model)
-        return policy if tokenizer is None else Policy(policy.model, tokenizer, policy.name, policy.source)
+        return policy if tokenizer is None else dataclasses.replace(policy, tokenizer=tokenizer)
     if isinstance(model, torch.nn.Module):
         if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
             raise TypeError(f"{what} is already a PeftModel; pass its base model and the adapter's config: "
