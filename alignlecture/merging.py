@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from .cache import key_hash
 from .mixing import check_weights
 from .models import Policy
 
@@ -127,13 +128,9 @@ def merge_parameters(policies: Sequence[Policy], weights: Sequence[float], *, na
 
 def _fingerprint(weights, policies) -> str:
     """A merge's ``Policy.weights``: its parts' names, fingerprints and weights, hashed ("" if no part has one)."""
-    import hashlib
-    import json
-
     if not any(p.weights for p in policies):
         return ""
-    parts = [[float(w), p.name, p.weights] for w, p in zip(weights, policies)]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    return key_hash({"merge": [[float(w), p.name, p.weights] for w, p in zip(weights, policies)]})
 
 
 def flip_qk(policy: Policy, layers: Sequence[int] | None = None) -> Policy:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ._checks import finite_number, positive_finite, positive_int
+from ._checks import finite, finite_number, positive_finite, positive_int
 
 
 def _values(values) -> torch.Tensor:
@@ -119,9 +119,7 @@ def count_below(values, threshold: float = 0.0, *, tol: float) -> str:
     count; values within ``tol`` of the threshold could fall either way, so then the text is the range of
     counts they allow, "37–38", instead of a digit that another machine would not print.
     """
-    x = torch.as_tensor(values, dtype=torch.float64, device="cpu").reshape(-1)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"values must be finite; got {x[~torch.isfinite(x)][:3].tolist()} among them")
+    x = finite(values, "values").reshape(-1)
     threshold = finite_number(threshold, "threshold")
     tol = positive_finite(tol, "tol", "the round-off between machines, e.g. 1e-3 for summed float32 log-probs")
     sure = int((x < threshold - tol).sum())

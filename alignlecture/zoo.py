@@ -136,7 +136,7 @@ def evaluation(name: str, *, device=None) -> Evaluation:
     if path.is_file():
         try:
             return Evaluation.from_dict(json.loads(path.read_text()))
-        except ValueError:  # written by an older alignlecture (a field missing): evaluated again below
+        except ValueError:  # written by another version (a field missing or unknown): evaluated again below
             pass
     # the first time it is asked for (a new training run replaces the whole directory)
     policy = load_tuned(name, device=device)  # trained first if it is not in the cache

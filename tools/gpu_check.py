@@ -46,7 +46,7 @@ STANDIN = ROOT / ".gpu-check" / "standin"
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--trainer-reference"]:  # the child process of _cpu_reference, on a machine whose GPU it cannot see
-        Path(argv[1]).write_text(json.dumps({name: _train("cpu", **kw)[0] for name, kw in _trainer_variants().items()}))
+        Path(argv[1]).write_text(json.dumps(_cpu_losses()))
         return 0
     dev = al.device()
     print(f"torch {torch.__version__}, device() = {dev}, profile() = {al.profile()}")
@@ -200,11 +200,16 @@ def _train(device, *, lora=False, resume=None, **config) -> tuple[list[float], f
     return [row["loss"] for row in result.history if "loss" in row], time.perf_counter() - start
 
 
+def _cpu_losses() -> dict[str, list[float]]:
+    """Every variant's losses, trained on the CPU in this process."""
+    return {name: _train("cpu", **kw)[0] for name, kw in _trainer_variants().items()}
+
+
 def _cpu_reference() -> dict[str, list[float]]:
     """Every variant's losses on the CPU. The trainer's Accelerator takes the GPU whenever one is visible, so on a
     GPU machine they come from a child process that sees none (CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU=1)."""
     if not torch.cuda.is_available():
-        return {name: _train("cpu", **kw)[0] for name, kw in _trainer_variants().items()}
+        return _cpu_losses()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "losses.json"
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1")
