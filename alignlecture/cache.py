@@ -49,6 +49,36 @@ def key_hash(key: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def code_key(*modules: str) -> str:
+    """A short hash of the code of the named ``alignlecture`` modules, for keys of results that code computes.
+
+    It hashes each module's syntax tree without docstrings (``code_tree``), so a reworded docstring or comment keeps
+    the key and a changed statement changes it (and a cached result computed by the old code is computed again).
+    The tree's dump may differ between Python versions: then the results are computed once more, never read across.
+    """
+    import importlib
+    import inspect
+
+    trees = [f"{name}\n{code_tree(inspect.getsource(importlib.import_module(f'{__package__}.{name}')))}"
+             for name in sorted(set(modules))]
+    return hashlib.sha256("\n".join(trees).encode()).hexdigest()[:16]
+
+
+def code_tree(source: str) -> str:
+    """``ast.dump`` of Python source with every module, class and function docstring removed (comments and layout
+    never reach the tree)."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def path(kind: str, key: dict) -> Path:
     """Where ``memo`` stores the result for ``key``."""
     if not kind or "/" in kind or kind.startswith("."):

@@ -69,6 +69,12 @@ def preference(rewards: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(rewards[:, None] - rewards[None, :])
 
 
+def _p_times_1_minus_p(p: torch.Tensor) -> torch.Tensor:
+    """p_ij(1 − p_ij) = σ(r_i − r_j)σ(r_j − r_i) = p_ij·p_ji, [K, K]: the product of two sigmoids keeps every
+    digit, where 1 − p_ij cancels as p_ij → 1 (relative error 4e-6 at a reward gap of 25, 1 − p_ij = 0 past 37)."""
+    return p * p.T
+
+
 def _weights(sampler: str, logits: torch.Tensor, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Unnormalised pair weights from the logits, p_ij and x_ij = βΔ_ij, [K, K] (symmetric)."""
     if sampler == "uniform":
@@ -77,7 +83,7 @@ def _weights(sampler: str, logits: torch.Tensor, p: torch.Tensor, x: torch.Tenso
         pi = torch.softmax(logits, dim=-1)
         return pi[:, None] * pi[None, :]
     if sampler == "mix-r":
-        return 1 / (p * (1 - p))
+        return 1 / _p_times_1_minus_p(p)
     if sampler == "mix-p":
         # 1/(σ(x)σ(−x)) = (1 + e^−x)(1 + e^x) = 2 + 2 cosh x: no cancellation, where 1/(s − s²) with s = σ(x)
         # near 1 loses digits (relative error ≈ 1e-16 / (1 − s): 4e-10 at βΔ = 15)
@@ -169,7 +175,7 @@ def newton_lr(rewards, beta: float) -> float:
     """η* = Σ_ij 1/(p_ij(1 − p_ij)) / (2β²K): the step size at which a Mix step is Newton's step at π*."""
     r, beta = check_bandit(rewards, beta)
     p = preference(r)
-    return float((1 / (p * (1 - p))).sum() / (2 * beta**2 * r.numel()))
+    return float((1 / _p_times_1_minus_p(p)).sum() / (2 * beta**2 * r.numel()))
 
 
 def hessian_at_optimum(rewards, beta: float, sampler: str) -> torch.Tensor:
@@ -177,7 +183,7 @@ def hessian_at_optimum(rewards, beta: float, sampler: str) -> torch.Tensor:
     r, beta = check_bandit(rewards, beta)
     one_of(sampler, "sampler", SAMPLERS)
     p = preference(r)
-    A = pair_weights(r / beta, p, beta, sampler) * beta**2 * p * (1 - p)
+    A = pair_weights(r / beta, p, beta, sampler) * beta**2 * _p_times_1_minus_p(p)
     S = A + A.T
     return torch.diag(S.sum(dim=1)) - S
 

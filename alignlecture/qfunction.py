@@ -303,3 +303,25 @@ def token_rewards(
         lp = completion_logprobs(module, input_ids.to(dev), attention_mask.to(dev), completion_mask.to(dev))
         out.append(lp.per_token.to(input_ids.device))
     return beta * (out[0] - out[1])
+
+
+def word_credit(tokens: Sequence[str], credit: Sequence[float], special: Sequence[str] = ()) -> list[tuple[str, float]]:
+    """Per-token credit summed into words: ``[(word, Σ credit of its tokens), …]``.
+
+    A token that begins with whitespace starts a new word, so " un" + "happy" is the one word "unhappy" (a byte-
+    level BPE splits rarer words into pieces; a lexicon looked up per token would miss them). A ``special`` token
+    (the tokenizer's end-of-sequence marker, say) is a word of its own and never glued to the word before it.
+    Punctuation stays on its word; strip it before a lexicon lookup. Whitespace-only words (a trailing space) are
+    left out. ``tokens`` are the decoded tokens of one response.
+    """
+    if len(tokens) != len(credit):
+        raise ValueError(f"need one credit per token; got {len(tokens)} tokens and {len(credit)} credits")
+    special = set(special)
+    words: list[list] = []
+    for text, value in zip(tokens, credit):
+        if not words or text[:1].isspace() or text in special or words[-1][0] in special:
+            words.append([text, float(value)])
+        else:
+            words[-1][0] += text
+            words[-1][1] += float(value)
+    return [(text.strip(), value) for text, value in words if text.strip()]

@@ -38,6 +38,25 @@ def bootstrap_mean(
     return float(x.mean()), low, high
 
 
+def bootstrap_ratio(
+    numerators, denominators, *, level: float = 0.95, num: int = 2000, generator: torch.Generator | None = None
+) -> tuple[float, float, float]:
+    """Σ numerators / Σ denominators and a percentile-bootstrap interval that resamples the *clusters*:
+    (ratio, low, high).
+
+    One entry per cluster, e.g. per prompt: the hits among its pairs and its number of pairs. Pairs built from the
+    same prompt's answers are not independent draws, so an interval that treats every pair as its own trial (a
+    binomial or Wilson interval) is too narrow; resampling whole prompts keeps what they share together.
+    """
+    hits, sizes = _values(numerators), _values(denominators)
+    if hits.shape != sizes.shape or bool((sizes <= 0).any()):
+        raise ValueError(f"need one positive denominator per numerator; got {sizes.numel()} denominators "
+                         f"(smallest {float(sizes.min()):g}) for {hits.numel()} numerators")
+    low, high = _percentile_bootstrap(lambda idx: hits[idx].sum(dim=1) / sizes[idx].sum(dim=1), hits.numel(), level,
+                                      num, generator)
+    return float(hits.sum() / sizes.sum()), low, high
+
+
 def _percentile_bootstrap(statistic, size: int, level: float, num: int, generator) -> tuple[float, float]:
     """(low, high) percentiles of ``statistic(idx)`` over ``num`` resamples idx [num, size] drawn with replacement."""
     level = _check_level(level)
@@ -72,6 +91,36 @@ def t_interval(values, *, level: float = 0.95) -> tuple[float, float, float]:
     return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
 
 
+def welch_interval(a, b, *, level: float = 0.95) -> tuple[float, float, float]:
+    """mean(a) − mean(b) and its Welch interval (Student-t with the Welch–Satterthwaite degrees of freedom, no
+    equal-variance assumption): (difference, low, high) — for two small independent sets, e.g. five draws each."""
+    from scipy.stats import t
+
+    x, y = _values(a), _values(b)
+    level = _check_level(level)
+    vx, vy = float(x.var()) / x.numel(), float(y.var()) / y.numel()
+    diff = float(x.mean() - y.mean())
+    if vx + vy == 0:
+        return diff, diff, diff
+    dof = (vx + vy) ** 2 / (vx**2 / (x.numel() - 1) + vy**2 / (y.numel() - 1))
+    half = float(t.ppf(0.5 + level / 2, dof)) * math.sqrt(vx + vy)
+    return diff, diff - half, diff + half
+
+
+def prediction_interval(values, *, level: float = 0.95) -> tuple[float, float, float]:
+    """The mean and a Student-t interval for *one more* value from the same source: mean ± t_{n−1}·s·√(1 + 1/n).
+
+    Where ``t_interval`` bounds the mean of the runs, this bounds a single new run (one more training seed): the
+    yardstick for asking whether another method's one run falls within the runs' spread.
+    """
+    from scipy.stats import t
+
+    x = _values(values)
+    level = _check_level(level)
+    half = float(t.ppf(0.5 + level / 2, x.numel() - 1)) * float(x.std()) * math.sqrt(1 + 1 / x.numel())
+    return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
+
+
 def gap_closed(
     untuned, steered, tuned, *, level: float = 0.95, num: int = 2000, generator: torch.Generator | None = None
 ) -> tuple[float, float, float]:
@@ -95,20 +144,42 @@ def gap_closed(
     return float((s.mean() - u.mean()) / (t.mean() - u.mean())), low, high
 
 
+def _interval(low: float, high: float) -> tuple[float, float]:
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError(f"need a finite interval with low ≤ high; got ({low}, {high})")
+    return low, high
+
+
 def verdict(low: float, high: float, *, up: str = "rises", down: str = "falls", flat: str = "is within noise") -> str:
     """The verb an interval supports for an effect: ``up`` if it lies above 0, ``down`` if below, else ``flat``.
 
     Chapters glue this word into their sentences, so the text can never claim more than the interval shows:
     ``verdict(*bootstrap_mean(gain)[1:])`` → "rises" only when the whole interval is positive.
     """
-    low, high = float(low), float(high)
-    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-        raise ValueError(f"need a finite interval with low ≤ high; got ({low}, {high})")
+    low, high = _interval(low, high)
     if low > 0:
         return up
     if high < 0:
         return down
     return flat
+
+
+def unpaired_verdict(low_a: float, high_a: float, low_b: float, high_b: float, *, more: str = "more than",
+                     less: str = "less than", same: str = "not separable from") -> str:
+    """What two intervals from independent samples support about A against B: ``more`` only when A's interval
+    lies wholly above B's, ``less`` when wholly below, else ``same``.
+
+    For two model cards (different samples, nothing to pair) this is the honest verdict; it is conservative —
+    two normal 95 % intervals of equal width that just touch mean p ≈ 0.006 — so ``same`` says "not shown", not "equal".
+    Where the samples do pair up, an interval on the paired differences and ``verdict`` see more.
+    """
+    a, b = _interval(low_a, high_a), _interval(low_b, high_b)
+    if a[0] > b[1]:
+        return more
+    if a[1] < b[0]:
+        return less
+    return same
 
 
 def count_below(values, threshold: float = 0.0, *, tol: float) -> str:

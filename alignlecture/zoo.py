@@ -13,6 +13,7 @@ so a cold machine spends it only on the cards a chapter reads — and stored as 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import samples
-from .cache import atomic_directory, atomic_file, cache_dir
+from .cache import atomic_directory, atomic_file, cache_dir, code_key
 from .evaluation import Evaluation, evaluate
 from .models import KNOWN_MODELS, Policy, load_policy
 from .preferences import PreferenceDataset
@@ -42,11 +43,24 @@ def dpo_config(rec: Recipe, *, progress: bool = False) -> DPOConfig:
     return DPOConfig(**{RECIPE_NAMES.get(k, k): v for k, v in rec.dpo.items()}, progress=progress)
 
 
+# The modules whose code decides a zoo policy's weights, given its recipe and training pairs. Their code is part of
+# the zoo's key (``trainer_code``): a machine whose zoo was trained by older code trains again, so that its stored
+# outputs are the ones a fresh machine re-creates (the pairs are keyed by ``samples.SAMPLER_VERSION``).
+TRAINER_MODULES = ("train", "dpo", "logprobs", "models", "per_example", "prefix_sharing", "top_blocks", "entanglement")
+
+
+@functools.lru_cache(maxsize=1)
+def trainer_code() -> str:
+    """``cache.code_key`` of ``TRAINER_MODULES``: 16 hex digits that change when the trainer's code does (computed
+    once per process, from the code it imported)."""
+    return code_key(*TRAINER_MODULES)
+
+
 def _dir(rec: Recipe) -> Path:
     from .models import standin_tag
 
     tag = standin_tag(rec.base)  # a stand-in model's zoo never shares a directory with the real one
-    return cache_dir() / "zoo" / f"{rec.name}-{rec.key()}{'-' + tag if tag else ''}"
+    return cache_dir() / "zoo" / f"{rec.name}-{rec.key()}-{trainer_code()[:8]}{'-' + tag if tag else ''}"
 
 
 def train(name: str, *, device=None, progress: bool = False) -> tuple[TrainResult, PreferenceDataset]:

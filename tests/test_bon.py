@@ -412,18 +412,18 @@ def test_sample_best_of_n_rejects_a_batch_of_distributions_and_bad_trials():
 
 
 # ---------------------------------------------------------------------------------------------- chapter 6 exercise 2
-def test_chapter_6_limit_exercise_accepts_the_solution_rejects_the_wrong_answer_and_reports_a_stub():
+def test_chapter_6_two_level_exercise_accepts_the_solution_rejects_the_wrong_answer_and_reports_a_stub():
     from alignlecture.exercises import NOT_ATTEMPTED
     from alignlecture.solutions import ch06
 
-    assert "✓" in ch06.check_limit(ch06.limit_solution)
+    assert "✓" in ch06.check_two_level(ch06.two_level_solution)
     with pytest.raises(AssertionError):
-        ch06.check_limit(ch06.limit_wrong)
+        ch06.check_two_level(ch06.two_level_wrong)
 
-    def stub(probs, rewards):
+    def stub(q, n):
         raise NotImplementedError
 
-    assert ch06.check_limit(stub).startswith(NOT_ATTEMPTED)
+    assert ch06.check_two_level(stub).startswith(NOT_ATTEMPTED)
 
 
 def brute_force_win_rate(probs, rewards, n):

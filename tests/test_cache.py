@@ -119,3 +119,22 @@ def test_atomic_file_replaces_the_target_only_when_the_block_succeeds(tmp_path):
             tmp.write_text("half written")
             raise RuntimeError("half way")
     assert target.read_text() == "first" and sorted(p.name for p in target.parent.iterdir()) == ["card.md"]
+
+
+def test_code_tree_ignores_docstrings_comments_and_layout_but_not_statements():
+    from alignlecture.cache import code_tree
+
+    base = code_tree('"""Module."""\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    assert code_tree('def f(x):  # a comment\n\n    return (x + 1)\n') == base
+    assert code_tree('"""Other words."""\ndef f(x):\n    """Other doc."""\n    return x + 1\n') == base
+    assert code_tree('def f(x):\n    return x + 2\n') != base
+    assert code_tree('def f(x):\n    """Only a docstring."""\n') == code_tree('def f(x):\n    pass\n')
+
+
+def test_the_zoo_is_keyed_by_the_trainers_code():
+    from alignlecture import zoo
+    from alignlecture.cache import code_key
+
+    assert zoo.trainer_code() == code_key(*zoo.TRAINER_MODULES)
+    assert zoo.trainer_code()[:8] in zoo._dir(zoo.recipe("smollm2-positivity")).name
+    assert code_key("train") != code_key("train", "dpo")

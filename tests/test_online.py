@@ -64,6 +64,17 @@ def test_mix_p_weights_equal_mix_r_weights_at_the_optimum():
     assert torch.allclose(wp, online.pair_weights(r / beta, p, beta, "mix-r"), atol=1e-15)
 
 
+def test_mix_r_weights_keep_their_digits_at_large_reward_gaps():
+    # 1/(p(1 − p)) = 2 + 2 cosh(r_i − r_j) exactly; with 1 − p computed as a difference it was 1e-3 off at a gap of
+    # 30 and infinite past 37. Unnormalised weights: pair_weights divides by a sum dominated by the largest gap.
+    r = torch.tensor([0.0, 5.0, 15.0, 30.0, 40.0], dtype=torch.float64)
+    p = online.preference(r)
+    exact = 2 + 2 * torch.cosh(r[:, None] - r[None, :])
+    weights = online._weights("mix-r", torch.zeros(5, dtype=torch.float64), p, torch.zeros(5, 5, dtype=torch.float64))
+    assert torch.allclose(weights, exact, rtol=1e-14, atol=0)
+    assert online.newton_lr(r, 2.0) == pytest.approx(float(exact.sum()) / (2 * 2.0**2 * 5), rel=1e-14)
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_optimum_is_stationary_for_every_sampler(sampler):
     r, beta = bandit(10), 3.0

@@ -307,3 +307,14 @@ def test_mixing_errors_refuse_bad_arguments():
         qf.soft_backup(w, torch.zeros(4, 3))
     with pytest.raises(ValueError, match="token_scores must be finite"):
         qf.soft_backup(w, torch.full((3, 3), float("nan")))
+
+
+def test_word_credit_sums_the_pieces_of_a_word_and_splits_at_spaces():
+    tokens = ["I", " am", " un", "happy", ",", " really", " "]
+    got = qf.word_credit(tokens, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    assert [w for w, _ in got] == ["I", "am", "unhappy,", "really"]
+    assert [round(v, 12) for _, v in got] == [0.1, 0.2, 1.2, 0.6]  # the lone space is no word and counts nowhere
+    # an end-of-sequence marker is its own word: "happy<eos>" would hide a lexicon word
+    assert [w for w, _ in qf.word_credit([" so", " happy", "<eos>"], [1, 2, 3], special=["<eos>"])] == ["so", "happy", "<eos>"]
+    with pytest.raises(ValueError, match="one credit per token"):
+        qf.word_credit(["a"], [])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -82,6 +84,17 @@ def test_verdict_follows_the_interval_not_the_point_estimate():
         verdict(0.3, 0.1)
 
 
+def test_unpaired_verdict_needs_intervals_that_do_not_overlap():
+    from alignlecture.stats import unpaired_verdict
+
+    assert unpaired_verdict(0.5, 0.9, 0.1, 0.4) == "more than"
+    assert unpaired_verdict(0.1, 0.4, 0.5, 0.9, less="below") == "below"
+    assert unpaired_verdict(0.1, 0.5, 0.4, 0.9) == "not separable from"  # overlap: the point estimates do not count
+    assert unpaired_verdict(0.4, 0.9, 0.1, 0.4) == "not separable from"  # touching is overlapping
+    with pytest.raises(ValueError, match="low ≤ high"):
+        unpaired_verdict(0.1, 0.4, 0.9, 0.5)
+
+
 def test_signed_never_prints_negative_zero():
     from alignlecture.stats import signed
 
@@ -148,3 +161,38 @@ def test_count_below_gives_a_range_where_round_off_could_flip_a_sign():
         count_below([1.0, 2.0], tol=0)
     with pytest.raises(ValueError, match="finite"):
         count_below([1.0, float("nan")], tol=1e-3)
+
+
+def test_bootstrap_ratio_resamples_clusters_and_is_wider_than_treating_pairs_as_independent():
+    from alignlecture.preferences import wilson_interval
+    from alignlecture.stats import bootstrap_ratio
+
+    # 18 prompts × 6 pairs; pairs within a prompt agree (all right or all wrong): 12 prompts right
+    hits, sizes = torch.tensor([6.0] * 12 + [0.0] * 6), torch.full((18,), 6.0)
+    ratio, low, high = bootstrap_ratio(hits, sizes, generator=torch.Generator().manual_seed(0))
+    assert ratio == pytest.approx(72 / 108)
+    w_low, w_high = (float(v) for v in wilson_interval(torch.tensor(72), torch.tensor(108)))
+    assert high - low > 1.5 * (w_high - w_low)  # 18 independent units, not 108
+    with pytest.raises(ValueError, match="positive denominator"):
+        bootstrap_ratio([1.0, 2.0], [3.0, 0.0])
+
+
+def test_prediction_interval_is_wider_than_the_mean_interval_by_sqrt_n_plus_one():
+    from alignlecture.stats import prediction_interval, t_interval
+
+    values = [0.15, 0.24, 0.12]
+    m, lo, hi = prediction_interval(values)
+    tm, tlo, thi = t_interval(values)
+    assert m == pytest.approx(tm)
+    assert (hi - lo) / (thi - tlo) == pytest.approx(math.sqrt(len(values) + 1))
+
+
+def test_welch_interval_matches_scipy():
+    from scipy.stats import ttest_ind
+
+    from alignlecture.stats import welch_interval
+
+    a, b = [1.2, 0.7, 2.5, 1.9, 0.3], [0.1, 0.2, 0.15, 0.4, 0.05]
+    diff, low, high = welch_interval(a, b)
+    ci = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (diff, low, high) == pytest.approx((sum(a) / 5 - sum(b) / 5, ci.low, ci.high), rel=1e-12)

@@ -1,4 +1,5 @@
-"""Chapter 6's exercises: the KL of best-of-n for a continuous reward, and its limit on a finite support."""
+"""Chapter 6's exercises: the *other* KL of best-of-n for a continuous reward, KL(π ‖ π_n), and the exact KL of
+best-of-n for a reward with only two levels."""
 
 from __future__ import annotations
 
@@ -9,62 +10,63 @@ import torch
 from ..bon import bon_distribution, kl_divergence
 from ..exercises import check_exercise
 
-# ------------------------------------------------------------------ 1. KL(π_n ‖ π) for a continuous reward
-CASES = [(n,) for n in (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)]
+# ------------------------------------------------------------------ 1. KL(π ‖ π_n) for a continuous reward
+CASES = [(n,) for n in (1, 2, 3, 5, 8, 13, 21, 34)]
 _K = 100_000  # a continuous reward, approximated by 100,000 equally likely outcomes with distinct rewards
 _UNIFORM = torch.full((_K,), 1.0 / _K, dtype=torch.float64)
 _DISTINCT = torch.arange(_K, dtype=torch.float64)
 
 
-def _continuous_kl(n):
-    """The exact KL of best-of-n on the fine uniform grid (within 1e-4 of the continuous limit for n < 100)."""
-    return float(kl_divergence(bon_distribution(_UNIFORM, _DISTINCT, n), _UNIFORM))
+def _continuous_reverse_kl(n):
+    """The exact KL(π ‖ π_n) on the fine uniform grid (within 2e-5 of the continuous value, relatively, for n ≤ 34;
+    past that the grid's lowest outcome has π_n below float64's range)."""
+    return float(kl_divergence(_UNIFORM, bon_distribution(_UNIFORM, _DISTINCT, n)))
 
 
 def solution(n):
-    # E[log(n U^{n-1})] with U ~ Beta(n, 1): E[log U] = −1/n, so log n + (n − 1)·(−1/n)
-    return math.log(n) - (n - 1) / n
+    # E_π[−log(π_n/π)] with π_n/π = n u^(n−1) and u = F(y) uniform: E[log U] = −1, so −log n + (n − 1)
+    return n - 1 - math.log(n)
 
 
 def wrong(n):
-    # "best of n is one choice among n": log n, forgetting that the n draws are not equally likely to win
-    return math.log(n)
+    # the page's direction, KL(π_n ‖ π) = log n − (n − 1)/n: the two KLs are not the same number
+    return math.log(n) - (n - 1) / n
 
 
 def check(candidate) -> str:
-    """Compare the reader's KL with the exact KL of best-of-n on a 100,000-outcome uniform grid."""
-    return check_exercise(candidate, _continuous_kl, CASES, name="my_bon_kl", atol=1e-4, rtol=0)
+    """Compare the reader's KL(π ‖ π_n) with the exact value on a 100,000-outcome uniform grid."""
+    return check_exercise(candidate, _continuous_reverse_kl, CASES, name="my_bon_reverse_kl", atol=1e-4, rtol=1e-4)
 
 
-# ------------------------------------------------------------------ 2. the limit n → ∞ on a finite support
-def _limit_cases():
-    gen = torch.Generator().manual_seed(6)
-    cases = []
-    for k in (2, 3, 5, 8):
-        p = torch.rand(k, generator=gen, dtype=torch.float64) + 0.05
-        r = torch.randint(0, 3, (k,), generator=gen).double()  # few levels: the best reward is often shared
-        cases.append((p / p.sum(), r))
-    return cases
+# ------------------------------------------------------------------ 2. two reward levels
+TWO_LEVEL_CASES = [(q, n) for q in (0.05, 0.3, 0.5, 0.9) for n in (1, 2, 7, 50)]
 
 
-LIMIT_CASES = _limit_cases()
+def _two_level_world(q):
+    """Seven outcomes: three share the top reward with total mass q, four share the bottom one."""
+    top, bottom = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    probs = torch.cat([q * top, (1 - q) * bottom])
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    return probs, rewards
 
 
-def _kl_at_huge_n(probs, rewards):
-    return float(kl_divergence(bon_distribution(probs, rewards, 10**6), probs))
+def _exact_two_level_kl(q, n):
+    probs, rewards = _two_level_world(q)
+    return float(kl_divergence(bon_distribution(probs, rewards, n), probs))
 
 
-def limit_solution(probs, rewards):
-    # best-of-n ends on the best-reward outcomes, in proportion to π: KL → −log π(r = max r)
-    best = rewards == rewards.max()
-    return -math.log(float(probs[best].sum()))
+def two_level_solution(q, n):
+    # best-of-n reaches the top level unless all n draws miss it: a = 1 − (1 − q)^n. Inside a level it keeps π's
+    # proportions, so only the two levels' masses differ: KL = a log(a/q) + (1 − a) log((1 − a)/(1 − q))
+    a = 1 - (1 - q) ** n
+    return a * math.log(a / q) + (1 - a) * math.log((1 - a) / (1 - q)) if a < 1 else -math.log(q)
 
 
-def limit_wrong(probs, rewards):
-    # the surprise of the single most likely best outcome, forgetting that tied best outcomes share the mass
-    return -math.log(float(probs[rewards == rewards.max()].max()))
+def two_level_wrong(q, n):
+    # the limit n → ∞ (always the top level), −log q: an upper bound, reached only as n grows
+    return -math.log(q)
 
 
-def check_limit(candidate) -> str:
-    """Compare the reader's limit with the exact KL of best-of-n at n = 10^6 on distributions with ties."""
-    return check_exercise(candidate, _kl_at_huge_n, LIMIT_CASES, name="bon_kl_limit", atol=1e-9, rtol=0)
+def check_two_level(candidate) -> str:
+    """Compare the reader's two-level KL with the exact KL of best-of-n on a seven-outcome, two-level world."""
+    return check_exercise(candidate, _exact_two_level_kl, TWO_LEVEL_CASES, name="two_level_kl", atol=1e-10, rtol=1e-9)

@@ -1,9 +1,11 @@
-"""Chapter 6b's exercise: the ideal guide's choice log π*(a|s) from one row of exact soft values Q*(s, ·)."""
+"""Chapter 6b's exercise: the KL from π_ref that the ideal guide's choice spends at one prefix s,
+KL(π*(·|s) ‖ π_ref(·|s)), from one row of exact soft values Q*(s, ·), the row of π_ref and β."""
 
 from __future__ import annotations
 
 import torch
 
+from ..bon import kl_divergence
 from ..exercises import check_exercise
 from ..qfunction import soft_values
 from ..toy import ToyWorld
@@ -16,30 +18,33 @@ def _cases():
     cases = []
     for beta in (0.2, 1.0, 3.0):
         values = soft_values(world, ref, reward, beta)
-        cases += [(values.q_table[row].clone(), beta) for row in range(0, world.num_prefixes, 3)]
+        cases += [(values.q_table[row].clone(), ref.log_table[row].clone(), beta) for row in range(0, world.num_prefixes, 3)]
     return cases
 
 
 CASES = _cases()
 
 
-def _reference(q, beta):
-    """π*(a|s) ∝ exp(Q*(s, a)/β), computed as the ratio of exponentials with the largest Q factored out."""
+def _reference(q, logp_ref, beta):
+    """π*(a|s) ∝ exp(Q*(s, a)/β) as a ratio of exponentials (largest Q factored out), then the KL's definition."""
     w = torch.exp((q - q.max()) / beta)
-    return torch.log(w / w.sum())
+    pi = w / w.sum()
+    return kl_divergence(pi, logp_ref.exp())
 
 
-def solution(q, beta):
-    # log π*(a|s) = (Q*(s, a) − V*(s))/β with V*(s) = β log Σ_a exp(Q*(s, a)/β)
-    v = beta * torch.logsumexp(q / beta, dim=-1, keepdim=True)
-    return (q - v) / beta
+def solution(q, logp_ref, beta):
+    # log π*(a|s) = (Q*(s, a) − V*(s))/β, V*(s) = β log Σ_a exp(Q*(s, a)/β); KL = Σ_a π* (log π* − log π_ref)
+    logp = (q - beta * torch.logsumexp(q / beta, dim=-1, keepdim=True)) / beta
+    return (logp.exp() * (logp - logp_ref)).sum(dim=-1)
 
 
-def wrong(q, beta):
-    # a softmax of Q itself: right only at β = 1 (it forgets that β sets the temperature of the choice)
-    return torch.log_softmax(q, dim=-1)
+def wrong(q, logp_ref, beta):
+    # the other direction, KL(π_ref ‖ π*): the average is taken under the wrong distribution
+    logp = (q - beta * torch.logsumexp(q / beta, dim=-1, keepdim=True)) / beta
+    return (logp_ref.exp() * (logp_ref - logp)).sum(dim=-1)
 
 
 def check(candidate) -> str:
-    """Compare the reader's log π*(·|s) with the normalised exp(Q*/β) on every third prefix of a toy world."""
-    return check_exercise(candidate, _reference, CASES, name="ideal_choice", atol=1e-10, rtol=0)
+    """Compare the reader's per-step KL with the KL of the normalised exp(Q*/β) from π_ref on every third prefix of
+    a toy world."""
+    return check_exercise(candidate, _reference, CASES, name="ideal_step_kl", atol=1e-10, rtol=1e-9)

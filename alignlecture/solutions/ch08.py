@@ -1,4 +1,5 @@
-"""Chapter 8's exercise: IPO's population optimum in closed form, π ∝ π_ref·exp(P(y ≻ μ)/β) (Azar et al. 2024)."""
+"""Chapter 8's exercise: the `sft` loss type's population optimum in closed form — the distribution of the chosen
+answer, π(y) = P(chosen = y) = 2·μ(y)·P(y ≻ μ), whatever π_ref and β (the page derives IPO's; this one is yours)."""
 
 from __future__ import annotations
 
@@ -24,20 +25,21 @@ CASES = random_cases(_world, n=8, seed=8)
 
 
 def _reference(pi_ref, mu, pref, beta):
-    return population_optimum(pi_ref, mu, pref, beta, "ipo").policy()  # Newton on the loss itself, no closed form
+    return population_optimum(pi_ref, mu, pref, beta, "sft").policy()  # Newton on the loss itself, no closed form
 
 
 def solution(pi_ref, mu, pref, beta):
-    win = pref @ mu  # P(y_i ≻ μ) = Σ_j μ_j P(y_i ≻ y_j): how often y_i beats an answer drawn from the data
-    return torch.softmax(pi_ref.log() + win / beta, dim=0)  # π_ref · exp(win rate / β), normalised
+    # a pair (y, y') ~ μ⊗μ names y the chosen one with probability pref[y, y'], and y may sit in either slot:
+    # P(chosen = y) = 2 μ(y) Σ_j μ_j P(y ≻ y_j). SFT fits that distribution; π_ref and β never enter.
+    return 2 * mu * (pref @ mu)
 
 
 def wrong(pi_ref, mu, pref, beta):
-    # the unweighted win rate: right only when the data draw answers uniformly
-    win = pref.mean(dim=1)
-    return torch.softmax(pi_ref.log() + win / beta, dim=0)
+    # the win rate alone, normalised: forgets that y must first be drawn into a pair, with probability ∝ μ(y)
+    win = pref @ mu
+    return win / win.sum()
 
 
 def check(candidate) -> str:
-    """Compare the reader's ``ipo_optimum`` with the numerically minimised IPO population loss."""
-    return check_exercise(candidate, _reference, CASES, name="ipo_optimum", rtol=0, atol=1e-8)
+    """Compare the reader's ``sft_optimum`` with the numerically minimised `sft` population loss."""
+    return check_exercise(candidate, _reference, CASES, name="sft_optimum", rtol=0, atol=1e-8)
