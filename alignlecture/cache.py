@@ -64,6 +64,27 @@ def code_key(*modules: str) -> str:
     return hashlib.sha256("\n".join(trees).encode()).hexdigest()[:16]
 
 
+def import_closure(*roots: str) -> list[str]:
+    """The ``alignlecture`` modules that ``roots`` import, directly or through each other, lazily or not (relative
+    imports read off the syntax trees; a name that is not a module of the package, such as a function of
+    ``__init__``, is skipped): what ``code_key`` should hash for a result those modules compute."""
+    import ast
+    import importlib.util
+
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen or importlib.util.find_spec(f"{__package__}.{name}") is None:
+            continue
+        seen.add(name)
+        spec = importlib.util.find_spec(f"{__package__}.{name}")
+        for node in ast.walk(ast.parse(Path(spec.origin).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                todo += [node.module.split(".")[0]] if node.module else [alias.name for alias in node.names]
+    return sorted(seen)
+
+
 def code_tree(source: str) -> str:
     """``ast.dump`` of Python source with every module, class and function docstring removed (comments and layout
     never reach the tree)."""

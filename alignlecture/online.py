@@ -95,7 +95,8 @@ def pair_weights(logits: torch.Tensor, p: torch.Tensor, beta: float, sampler: st
     """The sampler's pair distribution W_ij ∝ 1 (uniform), π_θ(i)π_θ(j) (on-policy), 1/(p_ij(1 − p_ij)) (mix-r)
     or 1/(σ(βΔ_ij)σ(−βΔ_ij)) (mix-p), Tensor [K, K] normalised to sum 1.
 
-    Δ_ij = log π_θ(i) − log π_θ(j) at the current logits; W is held fixed for the gradient step.
+    Δ_ij = log π_θ(i) − log π_θ(j) at the current logits; W is held fixed for the gradient step. ``p`` is a
+    Bradley–Terry matrix (``preference``: p + pᵀ = 1), which mix-r's weight relies on (p_ij(1 − p_ij) = p_ij·p_ji).
     """
     w = _weights(sampler, logits, p, beta * (logits[:, None] - logits[None, :]))
     return w / w.sum()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import samples
-from .cache import atomic_directory, atomic_file, cache_dir, code_key
+from .cache import atomic_directory, atomic_file, cache_dir, code_key, import_closure
 from .evaluation import Evaluation, evaluate
 from .models import KNOWN_MODELS, Policy, load_policy
 from .preferences import PreferenceDataset
@@ -43,17 +43,20 @@ def dpo_config(rec: Recipe, *, progress: bool = False) -> DPOConfig:
     return DPOConfig(**{RECIPE_NAMES.get(k, k): v for k, v in rec.dpo.items()}, progress=progress)
 
 
-# The modules whose code decides a zoo policy's weights, given its recipe and training pairs. Their code is part of
-# the zoo's key (``trainer_code``): a machine whose zoo was trained by older code trains again, so that its stored
-# outputs are the ones a fresh machine re-creates (the pairs are keyed by ``samples.SAMPLER_VERSION``).
-TRAINER_MODULES = ("train", "dpo", "logprobs", "models", "per_example", "prefix_sharing", "top_blocks", "entanglement")
+# The code that decides a zoo policy's weights, given its recipe and training pairs: the trainer and every module it
+# imports (found, not listed: a list kept by hand goes stale), and this module's own code (its DPO config, what it
+# stores) — not the modules this one imports for sampling and model cards, which would retrain it for nothing.
+# Its hash is part of the zoo's key (``trainer_code``): a machine whose zoo was trained by older code trains again,
+# so that its stored outputs are the ones a fresh machine re-creates (the pairs are keyed by
+# ``samples.SAMPLER_VERSION``; the model cards stored beside the weights are not keyed by the evaluation's code).
+TRAINER_ROOT = "train"
 
 
 @functools.lru_cache(maxsize=1)
 def trainer_code() -> str:
-    """``cache.code_key`` of ``TRAINER_MODULES``: 16 hex digits that change when the trainer's code does (computed
-    once per process, from the code it imported)."""
-    return code_key(*TRAINER_MODULES)
+    """``cache.code_key`` of ``train``, every package module it imports, and ``zoo``: 16 hex digits that change
+    when the trainer's code does (computed once per process)."""
+    return code_key(*import_closure(TRAINER_ROOT), "zoo")
 
 
 def _dir(rec: Recipe) -> Path:

@@ -135,6 +135,14 @@ def test_the_zoo_is_keyed_by_the_trainers_code():
     from alignlecture import zoo
     from alignlecture.cache import code_key
 
-    assert zoo.trainer_code() == code_key(*zoo.TRAINER_MODULES)
+    from alignlecture.cache import import_closure
+
+    modules = import_closure(zoo.TRAINER_ROOT)
+    # what the trainer runs is in, found from the imports (a hand-kept list missed trl_compat and merging)
+    assert {"train", "dpo", "logprobs", "top_blocks", "prefix_sharing", "trl_compat", "merging", "checkpoint",
+            "entanglement"} <= set(modules)
+    assert "derivations" not in modules and "widgets" not in modules
+    assert "zoo" not in modules and "evaluation" not in modules  # sampling and cards do not retrain the zoo
+    assert zoo.trainer_code() == code_key(*modules, "zoo")
     assert zoo.trainer_code()[:8] in zoo._dir(zoo.recipe("smollm2-positivity")).name
     assert code_key("train") != code_key("train", "dpo")

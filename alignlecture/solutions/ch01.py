@@ -1,5 +1,6 @@
-"""Chapter 1's exercise: reward learning from *labelled* pairs — the slide's Bernoulli label p — as the binary
-cross-entropy L = −(1/N) Σ_i [p_i log σ(Δ_i) + (1 − p_i) log σ(−Δ_i)], Δ_i = r(x, y_1) − r(x, y_2)."""
+"""Chapter 1's exercise: the gradient of the reward-learning loss with labelled pairs (the slide's Bernoulli label
+p, hard or soft), L = −(1/N) Σ_i [p_i log σ(Δ_i) + (1 − p_i) log σ(−Δ_i)], with respect to each Δ_i = r(x, y_1) −
+r(x, y_2): ∂L/∂Δ_i = (σ(Δ_i) − p_i)/N, zero exactly where the model's probability equals the label's."""
 
 from __future__ import annotations
 
@@ -22,23 +23,25 @@ CASES = random_cases(_labelled_batch, n=20, seed=1)
 
 
 def _reference(r_first, r_second, prefers_first):
-    # PyTorch's own binary cross-entropy on the logit Δ: the section's claim, "reward learning is cross-entropy"
-    return torch.nn.functional.binary_cross_entropy_with_logits(r_first - r_second, prefers_first)
+    # autograd through PyTorch's own binary cross-entropy on the logit Δ: the section's "reward learning is
+    # cross-entropy", differentiated by the machine
+    delta = (r_first - r_second).clone().requires_grad_(True)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(delta, prefers_first)
+    (grad,) = torch.autograd.grad(loss, delta)
+    return grad
 
 
 def solution(r_first, r_second, prefers_first):
-    # each pair's cross-entropy between the label p and the model's σ(Δ); log σ(−Δ) = log(1 − σ(Δ)), stably
-    delta = r_first - r_second
-    F = torch.nn.functional
-    return -(prefers_first * F.logsigmoid(delta) + (1 - prefers_first) * F.logsigmoid(-delta)).mean()
+    # d/dΔ of −[p log σ(Δ) + (1 − p) log σ(−Δ)] = −p(1 − σ(Δ)) + (1 − p)σ(Δ) = σ(Δ) − p; the mean adds 1/N
+    return (torch.sigmoid(r_first - r_second) - prefers_first) / r_first.numel()
 
 
 def wrong(r_first, r_second, prefers_first):
-    # treating the first response as the winner whatever the label: the page's winner/loser form on unsorted pairs
-    return -torch.nn.functional.logsigmoid(r_first - r_second).mean()
+    # the winner/loser form's gradient, −σ(−Δ)/N: right only where the first response is the chosen one (p = 1)
+    return -torch.sigmoid(-(r_first - r_second)) / r_first.numel()
 
 
 def check(candidate) -> str:
-    """Compare the reader's ``reward_loss(r_first, r_second, prefers_first)`` with PyTorch's
+    """Compare the reader's ``reward_loss_grad(r_first, r_second, prefers_first)`` with autograd through PyTorch's
     ``binary_cross_entropy_with_logits`` on random batches with hard and soft labels."""
-    return check_exercise(candidate, _reference, CASES, name="reward_loss")
+    return check_exercise(candidate, _reference, CASES, name="reward_loss_grad")
