@@ -80,22 +80,24 @@ def mean_interval(values, *, level: float = 0.95) -> tuple[float, float, float]:
     return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
 
 
+def _t_quantile(level: float, dof: float) -> float:
+    """The two-sided Student-t quantile for ``level`` (0.95 → t_{0.975}) at ``dof`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + _check_level(level) / 2, dof))
+
+
 def t_interval(values, *, level: float = 0.95) -> tuple[float, float, float]:
     """The mean and its Student-t interval mean ± t_{n−1}·s/√n: (mean, low, high) — for a handful of values such
     as one result per training seed, where the normal approximation (``mean_interval``) is too narrow."""
-    from scipy.stats import t
-
     x = _values(values)
-    level = _check_level(level)
-    half = float(t.ppf(0.5 + level / 2, x.numel() - 1)) * float(x.std()) / math.sqrt(x.numel())
+    half = _t_quantile(level, x.numel() - 1) * float(x.std()) / math.sqrt(x.numel())
     return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
 
 
 def welch_interval(a, b, *, level: float = 0.95) -> tuple[float, float, float]:
     """mean(a) − mean(b) and its Welch interval (Student-t with the Welch–Satterthwaite degrees of freedom, no
     equal-variance assumption): (difference, low, high) — for two small independent sets, e.g. five draws each."""
-    from scipy.stats import t
-
     x, y = _values(a), _values(b)
     level = _check_level(level)
     vx, vy = float(x.var()) / x.numel(), float(y.var()) / y.numel()
@@ -103,7 +105,7 @@ def welch_interval(a, b, *, level: float = 0.95) -> tuple[float, float, float]:
     if vx + vy == 0:
         return diff, diff, diff
     dof = (vx + vy) ** 2 / (vx**2 / (x.numel() - 1) + vy**2 / (y.numel() - 1))
-    half = float(t.ppf(0.5 + level / 2, dof)) * math.sqrt(vx + vy)
+    half = _t_quantile(level, dof) * math.sqrt(vx + vy)
     return diff, diff - half, diff + half
 
 
@@ -113,11 +115,8 @@ def prediction_interval(values, *, level: float = 0.95) -> tuple[float, float, f
     Where ``t_interval`` bounds the mean of the runs, this bounds a single new run (one more training seed): the
     yardstick for asking whether another method's one run falls within the runs' spread.
     """
-    from scipy.stats import t
-
     x = _values(values)
-    level = _check_level(level)
-    half = float(t.ppf(0.5 + level / 2, x.numel() - 1)) * float(x.std()) * math.sqrt(1 + 1 / x.numel())
+    half = _t_quantile(level, x.numel() - 1) * float(x.std()) * math.sqrt(1 + 1 / x.numel())
     return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
 
 
